@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make run` (whole pipeline on the built-in
+# data) and `make test`. Both create .venv and install the project first.
+VENV ?= .venv
+PYTHON ?= python3
+# CPU build of torch, installed before the project so that its torch range is
+# already satisfied (a bare `torch` requirement would pull a multi-GB CUDA build).
+# On a GPU machine: make run TORCH_SPEC='torch==2.13.0 --index-url <your CUDA wheel index>'
+TORCH_SPEC ?= torch==2.13.0
+BIN = $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup run test test-fast lint params clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: setup
+	$(BIN)/sparsect make-data --if-empty --out data
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+# Recompose params.yaml after editing conf/ (a test checks they agree).
+params: setup
+	$(BIN)/sparsect params
+
+clean:
+	rm -rf artifacts reports/views mlflow.db mlruns

@@ -1,0 +1,158 @@
+"""Command line: ``sparsect <command> [options] [key=value overrides]``.
+
+Every stage command reads ``params.yaml`` (``--params``) and takes its input
+and output paths as options, so ``dvc.yaml`` is the one place that names
+them. A mistake the user can fix ends in one sentence and exit code 2; pass
+``--debug`` (or set ``HYDRA_FULL_ERROR=1``) for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from sparsect.errors import InputError
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="parameter file (default: params.yaml)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsect", description=__doc__.splitlines()[0],
+        epilog="Config overrides are given as key=value after the command.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("params", help="compose conf/ into params.yaml")
+    p.add_argument("--conf", type=Path, default=Path("conf"))
+    p.add_argument("--out", type=Path, default=Path("params.yaml"))
+    _add_common(p)
+
+    p = commands.add_parser("make-data", help="write the built-in phantom scans")
+    p.add_argument("--out", type=Path, default=Path("data"))
+    p.add_argument("--if-empty", action="store_true",
+                   help="do nothing if the folder already holds files")
+    _add_common(p)
+
+    p = commands.add_parser("prepare", help="scans -> standardised slices, split by subject")
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--out", type=Path, required=True)
+    _add_common(p)
+
+    p = commands.add_parser("simulate", help="sparse-view sinograms and FBP")
+    p.add_argument("--prepared", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--views", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None)
+    _add_common(p)
+
+    p = commands.add_parser("masks", help="tissue-class masks of the full-dose slices")
+    p.add_argument("--prepared", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    _add_common(p)
+
+    p = commands.add_parser("train", help="train unet and sg_unet at one view count")
+    p.add_argument("--prepared", type=Path, required=True)
+    p.add_argument("--sim", type=Path, required=True)
+    p.add_argument("--masks", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--views", type=int, default=None)
+    _add_common(p)
+
+    p = commands.add_parser("evaluate", help="test-split metrics and panels at one view count")
+    p.add_argument("--prepared", type=Path, required=True)
+    p.add_argument("--sim", type=Path, required=True)
+    p.add_argument("--masks", type=Path, required=True)
+    p.add_argument("--models", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--views", type=int, default=None)
+    _add_common(p)
+
+    p = commands.add_parser("report", help="merge per-view metrics into one file")
+    p.add_argument("--evaluations", type=Path, required=True,
+                   help="folder with one sub-folder per view count")
+    p.add_argument("--out", type=Path, required=True)
+    _add_common(p)
+    return parser
+
+
+def run(args: argparse.Namespace) -> object:
+    from sparsect.config import compose, load_params, to_yaml
+
+    if args.command == "params":
+        from sparsect.data.store import atomic_write_bytes
+
+        payload = compose(args.conf, args.overrides)
+        atomic_write_bytes(args.out, to_yaml(payload).encode())
+        return args.out
+    cfg = load_params(args.params, args.overrides)
+    if args.command == "make-data":
+        from sparsect.data.phantom import PhantomConfig, write_dataset
+
+        if args.if_empty and args.out.is_dir() and any(
+                p for p in args.out.iterdir() if not p.name.startswith(".")):
+            print(f"{args.out} already holds data; not overwriting it")
+            return args.out
+        phantom = cfg.data.phantom
+        config = PhantomConfig(shape=tuple(phantom.shape), spacing_mm=tuple(phantom.spacing_mm))
+        return write_dataset(args.out, int(phantom.subjects), int(phantom.seed), config)
+    if args.command == "prepare":
+        from sparsect.stages.prepare import prepare
+
+        return prepare(cfg, args.data, args.out)
+    if args.command == "simulate":
+        from sparsect.stages.simulate import simulate
+
+        return simulate(cfg, args.prepared, args.out, args.views, args.workers)
+    if args.command == "masks":
+        from sparsect.stages.masks import masks
+
+        return masks(cfg, args.prepared, args.out)
+    if args.command == "train":
+        from sparsect.stages.train import train
+
+        return train(cfg, args.prepared, args.sim, args.masks, args.out, args.views)
+    if args.command == "evaluate":
+        from sparsect.stages.evaluate import evaluate
+
+        return evaluate(cfg, args.prepared, args.sim, args.masks, args.models, args.out,
+                        args.views)
+    if args.command == "report":
+        from sparsect.stages.evaluate import collect
+
+        folders = {int(p.name): p for p in sorted(args.evaluations.iterdir())
+                   if p.is_dir() and p.name.isdigit() and int(p.name) in cfg.sweep.views}
+        return collect(folders, args.out)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    unknown = [e for e in extras if e.startswith("-") or "=" not in e]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} "
+                     "(config overrides are written key=value)")
+    args.overrides = extras
+    debug = args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    try:
+        run(args)
+    except InputError as error:
+        if debug:
+            raise
+        print(f"sparsect {args.command}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sparsect {args.command}: interrupted; no partial output was kept.",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Slices for training: FBP input, full-dose target, tissue masks, optional prior.
+
+Everything is read from memory-mapped ``.npy`` files written by the stages, so
+a DataLoader worker (or a DDP rank) touches only the slices it serves. Under
+DDP Lightning wraps the loaders in a ``DistributedSampler`` itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sparsect.data.store import load_array
+from sparsect.models.module import HU_SCALE
+from sparsect.priors.classes import NUM_TISSUE_CLASSES
+
+
+class SliceDataset(Dataset):
+    """Dataset of slices.
+
+    Args:
+        fbp_hu: ``(N, H, W)`` sparse-view FBP in HU.
+        target_hu: ``(N, H, W)`` full-dose reference in HU.
+        masks: ``(N, H, W)`` tissue classes of the full-dose reference (training target).
+        prior_classes: ``(N, H, W)`` class map given to the network as its prior
+            (threshold masks of the FBP, or the full-dose masks for the oracle), or None.
+        augment: random horizontal/vertical flips, applied to all arrays alike.
+    """
+
+    def __init__(self, fbp_hu: np.ndarray, target_hu: np.ndarray, masks: np.ndarray,
+                 prior_classes: np.ndarray | None = None, augment: bool = False,
+                 seed: int = 0) -> None:
+        if not (len(fbp_hu) == len(target_hu) == len(masks)):
+            raise ValueError(
+                f"slice counts differ: fbp {len(fbp_hu)}, target {len(target_hu)}, "
+                f"masks {len(masks)}"
+            )
+        self.fbp_hu, self.target_hu, self.masks = fbp_hu, target_hu, masks
+        self.prior_classes = prior_classes
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.fbp_hu)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        arrays = {
+            "fbp": np.asarray(self.fbp_hu[index], dtype=np.float32)[None] / HU_SCALE,
+            "target": np.asarray(self.target_hu[index], dtype=np.float32)[None] / HU_SCALE,
+            "masks": np.asarray(self.masks[index], dtype=np.int64),
+        }
+        if self.prior_classes is not None:
+            classes = np.asarray(self.prior_classes[index], dtype=np.int64)
+            arrays["prior_probs"] = np.eye(NUM_TISSUE_CLASSES, dtype=np.float32)[classes]
+            arrays["prior_probs"] = np.moveaxis(arrays["prior_probs"], -1, 0)
+        if self.augment:
+            for axis in (-1, -2):
+                if torch.rand(1).item() < 0.5:
+                    arrays = {k: np.flip(v, axis=axis) for k, v in arrays.items()}
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+@dataclass
+class SplitPaths:
+    """Where one split's arrays live (folders written by the stages)."""
+
+    prepared: Path
+    simulated: Path
+    masks: Path
+
+
+def load_split(paths: SplitPaths, prior: str) -> dict[str, np.ndarray | None]:
+    """Memory-maps one split's arrays; ``prior`` picks the prior-class array."""
+    arrays: dict[str, np.ndarray | None] = {
+        "fbp_hu": load_array(paths.simulated, "fbp"),
+        "target_hu": load_array(paths.prepared, "hu"),
+        "masks": load_array(paths.masks, "masks"),
+        "prior_classes": None,
+    }
+    if prior == "oracle":
+        arrays["prior_classes"] = arrays["masks"]
+    elif prior == "threshold":
+        arrays["prior_classes"] = load_array(paths.simulated, "threshold_masks")
+    return arrays
+
+
+class SliceDataModule(pl.LightningDataModule):
+    """Train/val loaders over the stage outputs. The test split is never loaded here:
+    model selection (checkpointing, early stopping) sees only train and val."""
+
+    def __init__(self, train: SplitPaths, val: SplitPaths, prior: str, batch_size: int = 8,
+                 num_workers: int = 0, augment: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        self.paths = {"train": train, "val": val}
+        self.prior, self.batch_size, self.num_workers = prior, batch_size, num_workers
+        self.augment, self.seed = augment, seed
+        self.datasets: dict[str, SliceDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        for split, paths in self.paths.items():
+            self.datasets[split] = SliceDataset(
+                **load_split(paths, self.prior),
+                augment=self.augment and split == "train",
+                seed=self.seed,
+            )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, generator=generator,
+                          persistent_workers=self.num_workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)

@@ -1,0 +1,178 @@
+"""Reading CT scans and label maps through TorchIO.
+
+Supported inputs: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``), MetaImage
+(``.mha``, ``.mhd``) and DICOM series (a folder of ``.dcm`` files). A label map
+for ``<stem>.<ext>`` is looked up as ``<stem>_seg.<ext>`` (any supported
+extension), and label maps themselves are never treated as scans.
+
+Volumes are brought to canonical RAS+ orientation. An axial slice is then
+indexed ``[x, y]``; :func:`axial_slices` turns it into the radiological display
+convention used everywhere else in the package, ``[row, col]`` with anterior at
+the top and the patient's right on the left of the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torchio as tio
+
+from sparsect.errors import InputError
+
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+LABEL_SUFFIX = "_seg"
+AIR_HU = -1000.0
+
+
+def _strip_suffix(path: Path) -> tuple[str, str] | None:
+    name = path.name
+    for suffix in SCAN_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return None
+
+
+def _is_dicom_series(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    """One scan found in the data folder, with its optional label map."""
+
+    subject: str
+    scan: Path
+    labels: Path | None
+
+
+def find_scans(data_dir: Path) -> list[ScanEntry]:
+    """Lists the scans in ``data_dir`` (sorted by subject name).
+
+    Raises:
+        InputError: if the folder is missing or holds no supported scan.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputError(
+            f"Data folder '{data_dir}' does not exist: create it and put scans in it, "
+            "or run `sparsect make-data` to write the built-in phantoms."
+        )
+    files: dict[str, Path] = {}
+    label_files: dict[str, Path] = {}
+    for path in sorted(data_dir.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if _is_dicom_series(path):
+            stem = path.name
+            (label_files if stem.endswith(LABEL_SUFFIX) else files)[stem] = path
+            continue
+        parsed = _strip_suffix(path)
+        if parsed is None or not path.is_file():
+            continue
+        stem, _ = parsed
+        if stem.endswith(LABEL_SUFFIX):
+            label_files[stem[: -len(LABEL_SUFFIX)]] = path
+        else:
+            files[stem] = path
+    if not files:
+        raise InputError(
+            f"Data folder '{data_dir}' holds no CT scan (NIfTI, NRRD, MHA or DICOM series): "
+            "add scans, or run `sparsect make-data` to write the built-in phantoms."
+        )
+    return [ScanEntry(stem, files[stem], label_files.get(stem)) for stem in sorted(files)]
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """NIfTI through nibabel: unlike the ITK reader it keeps NaN voxels (so they can be
+    refused) and fails on a truncated file instead of returning zeros."""
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    if data.ndim == 3:
+        data = data[None]
+    elif data.ndim == 4:
+        data = np.moveaxis(data, -1, 0)
+    return data, image.affine
+
+
+def _image(cls: type[tio.Image], path: Path) -> tio.Image:
+    if path.name.endswith((".nii", ".nii.gz")):
+        return cls(path, reader=_read_nifti)
+    return cls(path)
+
+
+def load_subject(entry: ScanEntry) -> tio.Subject:
+    """Loads a scan (and its label map) as a canonical-orientation TorchIO subject.
+
+    Raises:
+        InputError: if a file cannot be read or is not a 3D volume.
+    """
+    images: dict[str, tio.Image] = {}
+    try:
+        images["ct"] = _image(tio.ScalarImage, entry.scan)
+        images["ct"].load()
+    except Exception as error:  # noqa: BLE001 - any reader failure is the file's fault
+        raise InputError(
+            f"Cannot read scan '{entry.scan}' ({type(error).__name__}): "
+            "check that the file is complete and in a supported format."
+        ) from None
+    if entry.labels is not None:
+        try:
+            images["labels"] = _image(tio.LabelMap, entry.labels)
+            images["labels"].load()
+        except Exception as error:  # noqa: BLE001
+            raise InputError(
+                f"Cannot read label map '{entry.labels}' ({type(error).__name__}): "
+                "check the file or remove it."
+            ) from None
+    subject = tio.Subject(**images)
+    ct = subject["ct"]
+    if ct.data.shape[0] != 1 or ct.data.ndim != 4:
+        raise InputError(
+            f"Scan '{entry.scan}' has shape {tuple(ct.data.shape)} but a single-channel 3D "
+            "volume is expected: split multi-channel or 4D files into one volume per scan."
+        )
+    if not np.isfinite(ct.data.numpy()).all():
+        raise InputError(
+            f"Scan '{entry.scan}' contains NaN or infinite voxels: fix or remove the scan."
+        )
+    if "labels" in subject and subject["labels"].spatial_shape != ct.spatial_shape:
+        raise InputError(
+            f"Label map '{entry.labels}' has shape {subject['labels'].spatial_shape} but its scan "
+            f"has {ct.spatial_shape}: supply a label map on the scan's grid."
+        )
+    return tio.ToCanonical()(subject)
+
+
+def standardise(subject: tio.Subject, image_size: int, pixel_size_mm: float,
+                hu_clip: tuple[float, float]) -> tio.Subject:
+    """Resamples in-plane to ``pixel_size_mm`` (z spacing kept), crops/pads to
+    ``image_size`` in-plane and clips HU. Label maps are resampled nearest-neighbour."""
+    z_spacing = float(subject["ct"].spacing[2])
+    target = (image_size, image_size, subject["ct"].spatial_shape[2])
+    transform = tio.Compose(
+        [
+            tio.Resample((pixel_size_mm, pixel_size_mm, z_spacing)),
+            # pad the scan with air (zero would be water) and label maps with background
+            tio.CropOrPad(target, padding_mode=AIR_HU, include=["ct"]),
+            tio.CropOrPad(target, padding_mode=0, exclude=["ct"]),
+            tio.Clamp(out_min=hu_clip[0], out_max=hu_clip[1], include=["ct"]),
+        ]
+    )
+    return transform(subject)
+
+
+def axial_slices(volume: np.ndarray) -> np.ndarray:
+    """Canonical RAS+ volume ``(x, y, z)`` -> display-convention slices ``(z, row, col)``.
+
+    Rows run anterior to posterior and columns from the patient's right to
+    left (radiological convention).
+    """
+    return np.ascontiguousarray(np.flip(np.transpose(volume, (2, 1, 0)), axis=(1, 2)))
+
+
+def volume_from_slices(slices: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`axial_slices`: ``(z, row, col)`` -> RAS+ ``(x, y, z)``."""
+    return np.ascontiguousarray(np.transpose(np.flip(slices, axis=(1, 2)), (2, 1, 0)))

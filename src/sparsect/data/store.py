@@ -1,0 +1,89 @@
+"""Atomic, memory-mappable array storage.
+
+Every stage writes its outputs into a hidden temporary folder next to the
+destination and renames it into place only when everything is written, so an
+interrupted stage never leaves a half-written output that DVC could cache.
+Arrays are plain ``.npy`` files: memory-mappable, readable without this
+package, and cheap to slice per sample in a DataLoader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsect.errors import InputError
+
+
+@contextmanager
+def atomic_dir(destination: Path) -> Iterator[Path]:
+    """Yields a fresh temporary folder that replaces ``destination`` on success.
+
+    On any exception the temporary folder is removed and ``destination`` is left
+    as it was.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.parent / f".{destination.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if destination.exists():
+            old = destination.parent / f".{destination.name}.old-{uuid.uuid4().hex[:8]}"
+            destination.rename(old)
+            tmp.rename(destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(destination)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Writes ``payload`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_array(folder: Path, name: str, array: np.ndarray) -> None:
+    np.save(Path(folder) / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+
+
+def load_array(folder: Path, name: str, mmap: bool = True) -> np.ndarray:
+    """Loads ``folder/name.npy`` memory-mapped (read-only) by default.
+
+    Raises:
+        InputError: if the file is missing, naming the stage that makes it.
+    """
+    path = Path(folder) / f"{name}.npy"
+    if not path.is_file():
+        raise InputError(
+            f"Array '{path}' is missing: run the stage that writes it first (`dvc repro`)."
+        )
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"File '{path}' is missing: run the stage that writes it first.")
+    return json.loads(path.read_text())

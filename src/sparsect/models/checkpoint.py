@@ -1,0 +1,41 @@
+"""Loading trained models safely.
+
+Checkpoints are read with ``torch.load(weights_only=True)``, which refuses to
+unpickle arbitrary objects: a crafted checkpoint cannot execute code. The
+module is rebuilt from the plain hyper-parameters stored beside the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sparsect.errors import InputError
+from sparsect.models.module import ReconModule
+
+
+def load_module(path: Path, map_location: str | torch.device = "cpu") -> ReconModule:
+    """Rebuilds a :class:`ReconModule` from a checkpoint, in eval mode.
+
+    Raises:
+        InputError: if the file is missing, unreadable or not a sparsect checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Checkpoint '{path}' does not exist: train a model or fix the path.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - unpickling errors have many types
+        raise InputError(
+            f"Checkpoint '{path}' cannot be loaded safely ({type(error).__name__}): "
+            "use a checkpoint written by `sparsect train`."
+        ) from None
+    if not isinstance(payload, dict) or "state_dict" not in payload \
+            or "hyper_parameters" not in payload:
+        raise InputError(
+            f"Checkpoint '{path}' is not a sparsect checkpoint: use one written by `sparsect train`."
+        )
+    module = ReconModule(**dict(payload["hyper_parameters"]))
+    module.load_state_dict(payload["state_dict"])
+    return module.eval()

@@ -1,0 +1,191 @@
+"""Acquisition geometry of a 2D CT scan: beam, angles, detector, reconstruction grid.
+
+All lengths are in mm. The image grid is centred on the rotation axis
+(isocentre) and the detector is centred on the central ray. Defaults left as
+``None`` are resolved once, in ``__post_init__``, so a :class:`Geometry` always
+describes one concrete detector (and :meth:`Geometry.upsampled` keeps it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+BEAMS = ("parallel", "fan")
+
+# Beyond this many views per detector bin the extra angles add no information;
+# such a value is almost always a typo (e.g. views and detector_count swapped).
+_MAX_VIEWS_PER_BIN = 4
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
+
+
+def _positive_real(value: Any) -> bool:
+    return (isinstance(value, Real) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """2D parallel- or fan-beam (flat detector) geometry with its reconstruction grid.
+
+    Attributes:
+        beam: ``"parallel"`` or ``"fan"`` (flat detector, ASTRA ``fanflat``).
+        views: Number of projection angles, equally spaced over the angular range.
+        image_size: The reconstruction grid is ``image_size x image_size`` pixels.
+        pixel_size_mm: Pixel side in mm; the field of view is ``image_size * pixel_size_mm``.
+        detector_count: Detector bins. ``None``: enough bins to cover the circle
+            circumscribing the image (for fan beam, including the magnification of
+            its off-centre points), plus a one-bin margin on each side.
+        detector_spacing_mm: Bin pitch in mm on the detector. ``None``: one pixel
+            (parallel) or one pixel magnified to the detector (fan), i.e. one
+            pixel at the isocentre in both cases.
+        angular_range_deg: Range covered by the views. ``None``: 180 (parallel) or
+            360 (fan), a complete data set; smaller values give limited-angle data.
+        source_isocenter_mm: Fan beam only: source to rotation axis distance.
+        source_detector_mm: Fan beam only: source to detector distance.
+
+    The fan-beam defaults, 595 mm and 1085.6 mm, are those of the Siemens SOMATOM
+    Definition AS+/Flash scanners used for the AAPM Low Dose CT Grand Challenge
+    projection data (McCollough et al., Med. Phys. 44(10), 2017; Moen et al.,
+    Med. Phys. 48(2), 2021). Those scanners have a curved detector; here it is flat.
+
+    >>> g = Geometry("parallel", views=60, image_size=128, pixel_size_mm=1.0)
+    >>> g.detector_count, g.detector_spacing_mm, g.angular_range_deg
+    (184, 1.0, 180.0)
+    >>> g.upsampled(2).image_size, g.upsampled(2).detector_count
+    (256, 184)
+    """
+
+    beam: str
+    views: int
+    image_size: int
+    pixel_size_mm: float
+    detector_count: int | None = None
+    detector_spacing_mm: float | None = None
+    angular_range_deg: float | None = None
+    source_isocenter_mm: float = 595.0
+    source_detector_mm: float = 1085.6
+
+    def __post_init__(self) -> None:
+        _require(self.beam in BEAMS,
+                 f"Geometry.beam must be one of {BEAMS}, got {self.beam!r}.")
+        _require(_positive_int(self.views),
+                 f"Geometry.views must be a positive integer, got {self.views!r}.")
+        _require(_positive_int(self.image_size),
+                 f"Geometry.image_size must be a positive integer, got {self.image_size!r}.")
+        _require(_positive_real(self.pixel_size_mm),
+                 f"Geometry.pixel_size_mm must be a positive number, got {self.pixel_size_mm!r}.")
+        if self.beam == "fan":
+            self._check_fan()
+        self._resolve_defaults()
+        _require(_positive_int(self.detector_count),
+                 f"Geometry.detector_count must be a positive integer or None, "
+                 f"got {self.detector_count!r}.")
+        _require(_positive_real(self.detector_spacing_mm),
+                 f"Geometry.detector_spacing_mm must be a positive number or None, "
+                 f"got {self.detector_spacing_mm!r}.")
+        _require(_positive_real(self.angular_range_deg) and self.angular_range_deg <= 360.0,
+                 f"Geometry.angular_range_deg must be in (0, 360] or None, "
+                 f"got {self.angular_range_deg!r}.")
+        _require(self.views <= _MAX_VIEWS_PER_BIN * self.detector_count,
+                 f"Geometry.views={self.views} is more than {_MAX_VIEWS_PER_BIN} x "
+                 f"detector_count={self.detector_count}; lower views or check the two "
+                 "are not swapped.")
+
+    def _check_fan(self) -> None:
+        _require(_positive_real(self.source_isocenter_mm),
+                 "Geometry.source_isocenter_mm must be a positive number, "
+                 f"got {self.source_isocenter_mm!r}.")
+        _require(_positive_real(self.source_detector_mm)
+                 and self.source_detector_mm > self.source_isocenter_mm,
+                 f"Geometry.source_detector_mm ({self.source_detector_mm!r}) must exceed "
+                 f"source_isocenter_mm ({self.source_isocenter_mm!r}): the detector lies "
+                 "beyond the rotation axis.")
+        _require(self.fov_radius_mm < self.source_isocenter_mm,
+                 f"Geometry.source_isocenter_mm ({self.source_isocenter_mm}) must exceed the "
+                 f"image's circumscribed radius ({self.fov_radius_mm:.1f} mm): the source "
+                 "would pass through the image; shrink image_size * pixel_size_mm.")
+
+    def _resolve_defaults(self) -> None:
+        # Frozen dataclass: resolved values are written once, here.
+        if self.detector_spacing_mm is None:
+            spacing = self.pixel_size_mm * (self.magnification if self.beam == "fan" else 1.0)
+            object.__setattr__(self, "detector_spacing_mm", float(spacing))
+        if self.angular_range_deg is None:
+            object.__setattr__(self, "angular_range_deg", 180.0 if self.beam == "parallel"
+                               else 360.0)
+        if self.detector_count is None and _positive_real(self.detector_spacing_mm):
+            count = math.ceil(2.0 * self._detector_half_width_mm() / self.detector_spacing_mm)
+            count += 2
+            # Same parity as the image, so at angle 0 bin centres line up with pixel columns.
+            count += (count - self.image_size) % 2
+            object.__setattr__(self, "detector_count", int(count))
+        for name in ("pixel_size_mm", "source_isocenter_mm", "source_detector_mm"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if isinstance(self.detector_spacing_mm, Real):
+            object.__setattr__(self, "detector_spacing_mm", float(self.detector_spacing_mm))
+        if isinstance(self.angular_range_deg, Real):
+            object.__setattr__(self, "angular_range_deg", float(self.angular_range_deg))
+
+    def _detector_half_width_mm(self) -> float:
+        """Half-width on the detector of the shadow of the circle circumscribing the image."""
+        radius = self.fov_radius_mm
+        if self.beam == "parallel":
+            return radius
+        # The ray tangent to that circle has fan angle asin(r / D_so).
+        gamma = math.asin(radius / self.source_isocenter_mm)
+        return self.source_detector_mm * math.tan(gamma)
+
+    @property
+    def fov_radius_mm(self) -> float:
+        """Radius of the circle circumscribing the square image, in mm."""
+        return self.image_size * self.pixel_size_mm / math.sqrt(2.0)
+
+    @property
+    def magnification(self) -> float:
+        """Isocentre-to-detector magnification (1 for parallel beam)."""
+        if self.beam == "parallel":
+            return 1.0
+        return self.source_detector_mm / self.source_isocenter_mm
+
+    def angles(self) -> np.ndarray:
+        """Projection angles in radians, ``views`` of them over the range, endpoint excluded."""
+        step = math.radians(self.angular_range_deg) / self.views
+        return np.arange(self.views, dtype=np.float64) * step
+
+    def with_views(self, views: int) -> Geometry:
+        """The same geometry (same detector and angular range) with ``views`` angles."""
+        return dataclasses.replace(self, views=views)
+
+    def upsampled(self, factor: int) -> Geometry:
+        """A ``factor`` times finer image grid over the same field of view, same detector."""
+        _require(_positive_int(factor),
+                 f"upsample factor must be a positive integer, got {factor!r}.")
+        return dataclasses.replace(self, image_size=self.image_size * factor,
+                                   pixel_size_mm=self.pixel_size_mm / factor)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python dict of the (resolved) fields, JSON/YAML serialisable."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Geometry:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` (they are typos)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        _require(not unknown, f"Geometry.from_dict got unknown keys {unknown}; "
+                              f"valid keys are {sorted(names)}.")
+        return cls(**data)

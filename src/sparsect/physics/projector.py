@@ -1,0 +1,232 @@
+"""The CT system operator ``A`` of one :class:`Geometry`, on ASTRA's CPU or CUDA code.
+
+Scaling: the ASTRA volume geometry is given in mm (its extents are the physical
+field of view) and the detector spacing in mm, so ASTRA's forward projection
+already returns line integrals ``sum(mu * length in mm)`` and its FBP returns
+``mu`` in 1/mm; no extra factor is needed (checked in ``tests/physics``).
+
+ASTRA objects (projectors, data, algorithms) live in a global registry of the
+ASTRA library and are not garbage collected: every one created here is deleted
+in a ``finally`` block or in :meth:`Projector.close`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import astra
+import numpy as np
+
+from .fanbeam import fan_fbp
+from .filters import check_filter
+from .geometry import Geometry
+
+DEVICES = ("auto", "cpu", "cuda")
+
+# CPU projection models: 'linear' is Joseph's interpolating kernel (as in the
+# dival/LoDoPaB benchmarks); fan beam has only 'line_fanflat' and 'strip_fanflat'
+# on the CPU, and 'strip_fanflat' (area-weighted) is closer to a detector bin.
+_CPU_KERNEL = {"parallel": "linear", "fan": "strip_fanflat"}
+
+
+def cuda_available() -> bool:
+    """Whether ASTRA can run its CUDA algorithms here (False if it errors out)."""
+    try:
+        return bool(astra.use_cuda())
+    except Exception:  # noqa: BLE001 - a broken CUDA runtime must fall back to the CPU
+        return False
+
+
+def resolve_device(device: str) -> str:
+    """Maps ``"auto" | "cpu" | "cuda"`` to ``"cpu"`` or ``"cuda"``."""
+    if device not in DEVICES:
+        raise ValueError(f"Unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise ValueError("device='cuda' was requested but ASTRA finds no usable CUDA GPU; "
+                         "use device='cpu' or 'auto'.")
+    return device
+
+
+def astra_geometries(geometry: Geometry) -> tuple[dict, dict]:
+    """ASTRA ``(volume, projection)`` geometry dicts, both in mm."""
+    half = geometry.image_size * geometry.pixel_size_mm / 2.0
+    n = geometry.image_size
+    volume = astra.create_vol_geom(n, n, -half, half, -half, half)
+    if geometry.beam == "parallel":
+        projection = astra.create_proj_geom("parallel", geometry.detector_spacing_mm,
+                                            geometry.detector_count, geometry.angles())
+    else:
+        projection = astra.create_proj_geom(
+            "fanflat", geometry.detector_spacing_mm, geometry.detector_count,
+            geometry.angles(), geometry.source_isocenter_mm,
+            geometry.source_detector_mm - geometry.source_isocenter_mm)
+    return volume, projection
+
+
+class Projector:
+    """Forward projection, its adjoint and FBP for one geometry, reusable across slices.
+
+    Not thread-safe; use one per process (it pickles as its settings and rebuilds
+    the ASTRA objects on unpickling).
+
+    Args:
+        geometry: Acquisition geometry and reconstruction grid.
+        device: ``"auto"`` (CUDA if ASTRA can use it), ``"cpu"`` or ``"cuda"``.
+
+    >>> from sparsect.physics import Geometry, Projector
+    >>> g = Geometry("parallel", views=30, image_size=64, pixel_size_mm=1.0)
+    >>> with Projector(g, device="cpu") as A:
+    ...     sino = A.forward(np.full((64, 64), 0.02, np.float32))
+    ...     image = A.fbp(sino)
+    >>> sino.shape, image.shape
+    ((30, 94), (64, 64))
+    """
+
+    def __init__(self, geometry: Geometry, device: str = "auto") -> None:
+        self.geometry = geometry
+        self._requested_device = device
+        self.device = resolve_device(device)
+        self._volume_geom, self._projection_geom = astra_geometries(geometry)
+        kernel = "cuda" if self.device == "cuda" else _CPU_KERNEL[geometry.beam]
+        self._projector_id: int | None = astra.create_projector(
+            kernel, self._projection_geom, self._volume_geom)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """``(image_size, image_size)``."""
+        return (self.geometry.image_size, self.geometry.image_size)
+
+    @property
+    def sinogram_shape(self) -> tuple[int, int]:
+        """``(views, detector_count)``."""
+        return (self.geometry.views, self.geometry.detector_count)
+
+    def forward(self, mu: np.ndarray) -> np.ndarray:
+        """Line integrals of ``mu``.
+
+        Args:
+            mu: ``(image_size, image_size)`` attenuation in 1/mm.
+
+        Returns:
+            ``(views, detector_count)`` float32 line integrals (dimensionless).
+        """
+        mu = self._checked(mu, self.image_shape, "image")
+        return self._run("FP", volume=mu, sinogram=None, output="sinogram")
+
+    def adjoint(self, sinogram: np.ndarray) -> np.ndarray:
+        """Backprojection ``A^T y``: the transpose of :meth:`forward`, same scaling.
+
+        On the CPU it is the exact transpose of the same sparse matrix. ASTRA's
+        CUDA backprojector is a different discretisation, so there it is only
+        approximately matched.
+
+        Args:
+            sinogram: ``(views, detector_count)``.
+
+        Returns:
+            ``(image_size, image_size)`` float32.
+        """
+        sinogram = self._checked(sinogram, self.sinogram_shape, "sinogram")
+        return self._run("BP", volume=None, sinogram=sinogram, output="volume")
+
+    def fbp(self, sinogram: np.ndarray, filter: str = "ram-lak") -> np.ndarray:  # noqa: A002
+        """Filtered backprojection.
+
+        Args:
+            sinogram: ``(views, detector_count)`` line integrals.
+            filter: ``"ram-lak"``, ``"shepp-logan"``, ``"cosine"`` or ``"hann"``.
+
+        Returns:
+            ``(image_size, image_size)`` float32 ``mu`` in 1/mm.
+        """
+        check_filter(filter)
+        sinogram = self._checked(sinogram, self.sinogram_shape, "sinogram")
+        if self.device == "cpu" and self.geometry.beam == "fan":
+            # ASTRA's CPU FBP only supports parallel beams.
+            return fan_fbp(sinogram, self.geometry, filter)
+        options: dict[str, Any] = {"FilterType": filter}
+        if self.geometry.beam == "fan" and self.geometry.angular_range_deg < 360.0:
+            options["ShortScan"] = True  # Parker weights in FBP_CUDA
+        return self.run_algorithm("FBP", sinogram, options=options)
+
+    def run_algorithm(self, name: str, sinogram: np.ndarray, iterations: int = 1,
+                      options: dict[str, Any] | None = None,
+                      initial: np.ndarray | None = None) -> np.ndarray:
+        """Runs an ASTRA reconstruction algorithm (``"FBP"``, ``"SIRT"``, ``"SART"``, ``"CGLS"``).
+
+        The ``_CUDA`` variant is used on the GPU. ``options`` is ASTRA's
+        ``cfg['option']`` dict; ``initial`` an optional starting image.
+
+        Returns:
+            ``(image_size, image_size)`` float32 image.
+        """
+        sinogram = self._checked(sinogram, self.sinogram_shape, "sinogram")
+        start = None if initial is None else self._checked(initial, self.image_shape, "image")
+        return self._run(name, volume=start, sinogram=sinogram, output="volume",
+                         iterations=iterations, options=options)
+
+    def _run(self, name: str, volume: np.ndarray | None, sinogram: np.ndarray | None,
+             output: str, iterations: int = 1, options: dict[str, Any] | None = None,
+             ) -> np.ndarray:
+        if self._projector_id is None:
+            raise RuntimeError("This Projector is closed.")
+        volume_id = sinogram_id = algorithm_id = None
+        try:
+            volume_id = astra.data2d.create("-vol", self._volume_geom,
+                                            0.0 if volume is None else volume)
+            sinogram_id = astra.data2d.create("-sino", self._projection_geom,
+                                              0.0 if sinogram is None else sinogram)
+            cfg = astra.astra_dict(name + ("_CUDA" if self.device == "cuda" else ""))
+            cfg["ProjectorId"] = self._projector_id
+            cfg["ProjectionDataId"] = sinogram_id
+            # FP reads the volume from 'VolumeDataId'; the others write 'ReconstructionDataId'.
+            cfg["VolumeDataId" if name == "FP" else "ReconstructionDataId"] = volume_id
+            cfg["option"] = dict(options or {})
+            algorithm_id = astra.algorithm.create(cfg)
+            astra.algorithm.run(algorithm_id, iterations)
+            result = astra.data2d.get(volume_id if output == "volume" else sinogram_id)
+            return np.asarray(result, dtype=np.float32)
+        finally:
+            if algorithm_id is not None:
+                astra.algorithm.delete(algorithm_id)
+            for data_id in (volume_id, sinogram_id):
+                if data_id is not None:
+                    astra.data2d.delete(data_id)
+
+    @staticmethod
+    def _checked(array: np.ndarray, shape: tuple[int, int], what: str) -> np.ndarray:
+        array = np.asarray(array, dtype=np.float32)
+        if array.shape != shape:
+            raise ValueError(f"Expected a {what} of shape {shape}, got {array.shape}.")
+        return np.ascontiguousarray(array)
+
+    def close(self) -> None:
+        """Frees the ASTRA projector (idempotent)."""
+        if getattr(self, "_projector_id", None) is not None:
+            astra.projector.delete(self._projector_id)
+            self._projector_id = None
+
+    def __enter__(self) -> Projector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Best effort at interpreter shutdown; explicit close() is the contract.
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110
+            pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"geometry": self.geometry, "device": self._requested_device}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["geometry"], state["device"])
+
+    def __repr__(self) -> str:
+        return f"Projector({self.geometry!r}, device={self.device!r})"
+

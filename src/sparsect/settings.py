@@ -1,0 +1,36 @@
+"""Config sections -> typed physics objects (the one place that maps them)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from sparsect.errors import InputError
+from sparsect.physics import Geometry, NoiseModel
+
+
+def geometry_from_cfg(cfg: DictConfig, views: int | None = None) -> Geometry:
+    """Acquisition geometry from ``cfg.geometry`` on the ``cfg.data`` reconstruction grid."""
+    geo = cfg.geometry
+    try:
+        return Geometry(
+            beam=str(geo.beam),
+            views=int(views if views is not None else geo.views),
+            image_size=int(cfg.data.image_size),
+            pixel_size_mm=float(cfg.data.pixel_size_mm),
+            detector_count=None if geo.detector_count is None else int(geo.detector_count),
+            detector_spacing_mm=None if geo.detector_spacing_mm is None
+            else float(geo.detector_spacing_mm),
+            angular_range_deg=None if geo.angular_range_deg is None
+            else float(geo.angular_range_deg),
+            source_isocenter_mm=float(geo.source_isocenter_mm),
+            source_detector_mm=float(geo.source_detector_mm),
+        )
+    except ValueError as error:
+        raise InputError(f"Invalid geometry config: {error}") from None
+
+
+def noise_from_cfg(cfg: DictConfig) -> NoiseModel:
+    try:
+        return NoiseModel(i0=float(cfg.noise.i0), electronic_std=float(cfg.noise.electronic_std))
+    except ValueError as error:
+        raise InputError(f"Invalid noise config: {error}") from None

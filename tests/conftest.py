@@ -1,0 +1,73 @@
+"""Shared fixtures: small scans in every supported format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+
+def write_nifti(path: Path, volume: np.ndarray, spacing=(2.0, 2.0, 4.0), dtype=np.int16) -> Path:
+    affine = np.diag([*spacing, 1.0])
+    nib.save(nib.Nifti1Image(volume.astype(dtype), affine), path)
+    return path
+
+
+def write_sitk(path: Path, volume: np.ndarray, spacing=(2.0, 2.0, 4.0)) -> Path:
+    """NRRD/MHA through SimpleITK (array order z, y, x there)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.transpose(volume, (2, 1, 0)).astype(np.int16))
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def write_dicom_series(folder: Path, volume: np.ndarray, spacing=(2.0, 2.0, 4.0),
+                       modality: str = "CT", rescale: bool = True) -> Path:
+    """Writes ``volume`` (x, y, z) in HU as a CT DICOM series, one file per slice."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid, study_uid = generate_uid(), generate_uid()
+    for z in range(volume.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"slice_{z:03d}.dcm"), {}, file_meta=meta,
+                         preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.Modality = modality
+        ds.PatientID = "phantom"
+        ds.InstanceNumber = z + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(z * spacing[2])]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [spacing[1], spacing[0]]
+        ds.SliceThickness = spacing[2]
+        ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1
+        stored = volume[:, :, z].T
+        if rescale:
+            ds.RescaleIntercept, ds.RescaleSlope = -1024.0, 1.0
+            stored = stored + 1024
+        ds.PixelData = stored.astype(np.int16).tobytes()
+        ds.save_as(folder / f"slice_{z:03d}.dcm", enforce_file_format=True)
+    return folder
+
+
+@pytest.fixture
+def block_volume() -> np.ndarray:
+    """(x, y, z) = (40, 32, 6) HU volume: air with a water block and a bone rod."""
+    volume = np.full((40, 32, 6), -1000.0)
+    volume[8:32, 6:26, :] = 40.0
+    volume[18:22, 14:18, :] = 1000.0
+    return volume

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from conftest import write_dicom_series, write_nifti, write_sitk
+from sparsect.data.io import (
+    axial_slices,
+    find_scans,
+    load_subject,
+    standardise,
+    volume_from_slices,
+)
+from sparsect.errors import InputError
+
+
+@pytest.mark.parametrize("fmt", ["nii.gz", "nrrd", "mha", "dicom"])
+def test_every_format_reads_to_the_same_hu(tmp_path, block_volume, fmt):
+    if fmt == "dicom":
+        write_dicom_series(tmp_path / "scan01", block_volume)
+    elif fmt == "nii.gz":
+        write_nifti(tmp_path / "scan01.nii.gz", block_volume)
+    else:
+        write_sitk(tmp_path / f"scan01.{fmt}", block_volume)
+    (entry,) = find_scans(tmp_path)
+    assert entry.subject == "scan01"
+    subject = load_subject(entry)
+    data = subject["ct"].data[0].numpy()
+    assert data.shape == block_volume.shape
+    assert sorted(np.unique(data).tolist()) == [-1000, 40, 1000]
+    assert np.allclose(subject["ct"].spacing, (2.0, 2.0, 4.0))
+
+
+def test_label_map_is_paired_and_resampled_nearest(tmp_path, block_volume):
+    write_nifti(tmp_path / "s1.nii.gz", block_volume)
+    labels = (block_volume > 0).astype(np.uint8) * 7
+    write_nifti(tmp_path / "s1_seg.nii.gz", labels, dtype=np.uint8)
+    (entry,) = find_scans(tmp_path)
+    assert entry.labels is not None and entry.labels.name == "s1_seg.nii.gz"
+    subject = standardise(load_subject(entry), image_size=32, pixel_size_mm=3.0,
+                          hu_clip=(-1024.0, 3071.0))
+    assert subject["ct"].spatial_shape == (32, 32, 6)
+    assert np.allclose(subject["ct"].spacing[:2], (3.0, 3.0))
+    assert set(np.unique(subject["labels"].data.numpy())) == {0, 7}
+    # padding is air, not water
+    assert subject["ct"].data.min() == -1000
+
+
+def test_display_slices_round_trip(block_volume):
+    slices = axial_slices(block_volume)
+    assert slices.shape == (6, 32, 40)
+    assert np.array_equal(volume_from_slices(slices), block_volume)
+
+
+def test_empty_and_missing_folders_are_explained(tmp_path):
+    with pytest.raises(InputError, match="holds no CT scan"):
+        find_scans(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        find_scans(tmp_path / "nope")
+
+
+def test_corrupt_and_mismatched_inputs_are_explained(tmp_path, block_volume):
+    path = write_nifti(tmp_path / "bad.nii.gz", block_volume)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="Cannot read scan '.*bad.nii.gz'"):
+        load_subject(find_scans(tmp_path)[0])
+    path.unlink()
+    write_nifti(tmp_path / "s.nii.gz", block_volume)
+    write_nifti(tmp_path / "s_seg.nii.gz", np.zeros((10, 10, 6)), dtype=np.uint8)
+    with pytest.raises(InputError, match="Label map .* has shape"):
+        load_subject(find_scans(tmp_path)[0])
+
+
+def test_non_finite_voxels_are_refused(tmp_path, block_volume):
+    volume = block_volume.copy()
+    volume[0, 0, 0] = np.nan
+    write_nifti(tmp_path / "nan.nii.gz", volume, dtype=np.float32)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        load_subject(find_scans(tmp_path)[0])
