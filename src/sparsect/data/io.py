@@ -155,13 +155,15 @@ def standardise(subject: tio.Subject, image_size: int, pixel_size_mm: float,
     transform = tio.Compose(
         [
             tio.Resample((pixel_size_mm, pixel_size_mm, z_spacing)),
-            # pad the scan with air (zero would be water) and label maps with background
-            tio.CropOrPad(target, padding_mode=AIR_HU, include=["ct"]),
-            tio.CropOrPad(target, padding_mode=0, exclude=["ct"]),
+            # pad with air (zero would be water); label maps are reset to background below
+            tio.CropOrPad(target, padding_mode=AIR_HU),
             tio.Clamp(out_min=hu_clip[0], out_max=hu_clip[1], include=["ct"]),
         ]
     )
-    return transform(subject)
+    subject = transform(subject)
+    if "labels" in subject:
+        subject["labels"].set_data(subject["labels"].data.clamp(min=0))
+    return subject
 
 
 def axial_slices(volume: np.ndarray) -> np.ndarray:

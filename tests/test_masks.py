@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from sparsect.priors.classes import BACKGROUND, BONE, FAT, LUNG, SOFT_TISSUE
+from sparsect.priors.masks import one_hot, tissue_masks_from_hu, tissue_masks_from_labels
+
+
+def _ellipse(shape, centre, radii):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((yy - centre[0]) / radii[0]) ** 2 + ((xx - centre[1]) / radii[1]) ** 2 <= 1
+
+
+@pytest.fixture
+def torso():
+    """A known 2D torso: fat ring, muscle, two lungs, a spine; and its true classes."""
+    shape = (96, 96)
+    hu = np.full(shape, -1000.0)
+    truth = np.full(shape, BACKGROUND, np.uint8)
+    body = _ellipse(shape, (48, 48), (36, 44))
+    hu[body], truth[body] = -100.0, FAT
+    inner = _ellipse(shape, (48, 48), (31, 39))
+    hu[inner], truth[inner] = 50.0, SOFT_TISSUE
+    for cx in (30, 66):
+        lung = _ellipse(shape, (44, cx), (16, 11))
+        hu[lung], truth[lung] = -850.0, LUNG
+    spine = _ellipse(shape, (70, 48), (6, 6))
+    hu[spine], truth[spine] = 700.0, BONE
+    rng = np.random.default_rng(0)
+    return hu + rng.normal(0, 15, shape), truth
+
+
+def test_hu_masks_recover_a_known_phantom(torso):
+    hu, truth = torso
+    classes = tissue_masks_from_hu(hu)
+    assert (classes == truth).mean() > 0.98
+    for tissue in (LUNG, FAT, SOFT_TISSUE, BONE):
+        overlap = ((classes == tissue) & (truth == tissue)).sum()
+        dice = 2 * overlap / ((classes == tissue).sum() + (truth == tissue).sum())
+        assert dice > 0.9, tissue
+
+
+def test_air_inside_the_body_is_lung_and_outside_is_background(torso):
+    hu, _ = torso
+    classes = tissue_masks_from_hu(hu)
+    assert classes[44, 30] == LUNG
+    assert classes[2, 2] == BACKGROUND
+
+
+def test_small_islands_are_absorbed(torso):
+    hu, truth = torso
+    hu = hu.copy()
+    hu[60:62, 40:42] = 1200.0  # a 4-pixel "bone" speck in muscle: noise, not anatomy
+    classes = tissue_masks_from_hu(hu, min_component_pixels=20)
+    assert classes[60, 40] == SOFT_TISSUE
+
+
+def test_label_maps_take_a_table_and_reject_unknown_values():
+    labels = np.array([[0, 3], [7, 3]])
+    table = {0: BACKGROUND, 3: LUNG, 7: BONE}
+    assert tissue_masks_from_labels(labels, table).tolist() == [[0, 1], [4, 1]]
+    with pytest.raises(ValueError, match=r"label values \[9\]"):
+        tissue_masks_from_labels(np.array([[9]]), table)
+
+
+def test_one_hot_shape():
+    probs = one_hot(np.array([[[0, 4]]]))
+    assert probs.shape == (1, 5, 1, 2)
+    assert probs[0, 4, 0, 1] == 1 and probs.sum() == 2
