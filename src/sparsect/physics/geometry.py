@@ -90,20 +90,40 @@ class Geometry:
                  f"Geometry.pixel_size_mm must be a positive number, got {self.pixel_size_mm!r}.")
         if self.beam == "fan":
             self._check_fan()
-        self._resolve_defaults()
-        _require(_positive_int(self.detector_count),
-                 f"Geometry.detector_count must be a positive integer or None, "
-                 f"got {self.detector_count!r}.")
+        # Frozen dataclass: defaults are resolved once, here, via object.__setattr__.
+        if self.detector_spacing_mm is None:
+            self._set("detector_spacing_mm", self.pixel_size_mm * self.magnification)
         _require(_positive_real(self.detector_spacing_mm),
                  f"Geometry.detector_spacing_mm must be a positive number or None, "
                  f"got {self.detector_spacing_mm!r}.")
+        if self.angular_range_deg is None:
+            self._set("angular_range_deg", 180.0 if self.beam == "parallel" else 360.0)
         _require(_positive_real(self.angular_range_deg) and self.angular_range_deg <= 360.0,
                  f"Geometry.angular_range_deg must be in (0, 360] or None, "
                  f"got {self.angular_range_deg!r}.")
+        if self.detector_count is None:
+            count = math.ceil(2.0 * self._detector_half_width_mm() / self.detector_spacing_mm)
+            # One bin of margin each side, and the image's parity, so that at angle 0
+            # bin centres line up with pixel columns.
+            count += 2
+            count += (count - self.image_size) % 2
+            self._set("detector_count", count)
+        _require(_positive_int(self.detector_count),
+                 f"Geometry.detector_count must be a positive integer or None, "
+                 f"got {self.detector_count!r}.")
         _require(self.views <= _MAX_VIEWS_PER_BIN * self.detector_count,
                  f"Geometry.views={self.views} is more than {_MAX_VIEWS_PER_BIN} x "
                  f"detector_count={self.detector_count}; lower views or check the two "
                  "are not swapped.")
+        # Plain Python scalars (not numpy or YAML types), for equality and to_dict.
+        for name in ("views", "image_size", "detector_count"):
+            self._set(name, int(getattr(self, name)))
+        for name in ("pixel_size_mm", "detector_spacing_mm", "angular_range_deg",
+                     "source_isocenter_mm", "source_detector_mm"):
+            self._set(name, float(getattr(self, name)))
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
 
     def _check_fan(self) -> None:
         _require(_positive_real(self.source_isocenter_mm),
@@ -118,27 +138,6 @@ class Geometry:
                  f"Geometry.source_isocenter_mm ({self.source_isocenter_mm}) must exceed the "
                  f"image's circumscribed radius ({self.fov_radius_mm:.1f} mm): the source "
                  "would pass through the image; shrink image_size * pixel_size_mm.")
-
-    def _resolve_defaults(self) -> None:
-        # Frozen dataclass: resolved values are written once, here.
-        if self.detector_spacing_mm is None:
-            spacing = self.pixel_size_mm * (self.magnification if self.beam == "fan" else 1.0)
-            object.__setattr__(self, "detector_spacing_mm", float(spacing))
-        if self.angular_range_deg is None:
-            object.__setattr__(self, "angular_range_deg", 180.0 if self.beam == "parallel"
-                               else 360.0)
-        if self.detector_count is None and _positive_real(self.detector_spacing_mm):
-            count = math.ceil(2.0 * self._detector_half_width_mm() / self.detector_spacing_mm)
-            count += 2
-            # Same parity as the image, so at angle 0 bin centres line up with pixel columns.
-            count += (count - self.image_size) % 2
-            object.__setattr__(self, "detector_count", int(count))
-        for name in ("pixel_size_mm", "source_isocenter_mm", "source_detector_mm"):
-            object.__setattr__(self, name, float(getattr(self, name)))
-        if isinstance(self.detector_spacing_mm, Real):
-            object.__setattr__(self, "detector_spacing_mm", float(self.detector_spacing_mm))
-        if isinstance(self.angular_range_deg, Real):
-            object.__setattr__(self, "angular_range_deg", float(self.angular_range_deg))
 
     def _detector_half_width_mm(self) -> float:
         """Half-width on the detector of the shadow of the circle circumscribing the image."""
