@@ -5,11 +5,14 @@ per-slice simulation (projection + Poisson noise + ram-lak FBP) of
 :class:`sparsect.physics.Simulator` with ``upsample=1`` (same grid as
 scikit-image; the default ``upsample=2`` projects a 4x larger image) against
 ``skimage.transform.radon`` + the same noise + ``iradon(filter_name="ramp")``.
-Both run once in a single process and once in a ``multiprocessing.Pool`` with
-one worker per CPU core (one Simulator per worker); pools are warmed up before
-timing, so start-up costs are excluded for both.
+Both run in a single process and in a ``multiprocessing.Pool`` with one worker
+per CPU core (one Simulator per worker); pools are warmed up before timing, so
+start-up costs are excluded for both. Each figure is the best of ``--repeats``
+runs, with the two libraries alternating, so that load from other processes on
+a shared machine penalises neither side systematically.
 
-Run: ``PYTHONPATH=src python scripts/bench_simulate.py [--slices 32] [--processes N]``.
+Run: ``PYTHONPATH=src python scripts/bench_simulate.py [--slices 32] [--processes N]
+[--repeats 3]``.
 The last line is ``speedup_vs_skimage_60: <ratio>``, the more conservative of
 the single-process and pooled ratios at 60 views.
 """
@@ -101,11 +104,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=32)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     slices = make_slices(args.slices)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"pool of {args.processes} processes; {args.slices} slices of {SIZE}x{SIZE} "
-          f"at {PIXEL_MM} mm; parallel beam; i0={NOISE.i0:g}")
+          f"at {PIXEL_MM} mm; parallel beam; i0={NOISE.i0:g}; best of {args.repeats}; "
+          f"load average {os.getloadavg()[0]:.2f}")
     print("sparsect: Simulator(upsample=1, device='cpu') = ASTRA 'linear' FP + noise + "
           "ASTRA CPU FBP ram-lak; skimage: radon(circle=False) + same noise + "
           "iradon(filter_name='ramp')")
@@ -117,10 +122,17 @@ def main() -> None:
     print("-" * len(header))
     ratios = {}
     for views in (30, 60, 120):
-        ours, our_image = time_single("sparsect", views, slices)
-        theirs, their_image = time_single("skimage", views, slices)
-        ours_pool = time_pool("sparsect", views, slices, args.processes)
-        theirs_pool = time_pool("skimage", views, slices, args.processes)
+        rates: dict[str, list[float]] = {}
+        images = {}
+        for _ in range(args.repeats):
+            for kind in ("sparsect", "skimage"):
+                rate, images[kind] = time_single(kind, views, slices)
+                rates.setdefault(kind, []).append(rate)
+                rates.setdefault(kind + " pool", []).append(
+                    time_pool(kind, views, slices, args.processes))
+        ours, theirs, ours_pool, theirs_pool = (
+            max(rates[k]) for k in ("sparsect", "skimage", "sparsect pool", "skimage pool"))
+        our_image, their_image = images["sparsect"], images["skimage"]
         ratios[views] = (ours / theirs, ours_pool / theirs_pool)
         rmse = [float(np.sqrt(np.mean((hu_to_mu(image) - reference) ** 2)) / hu_to_mu(0.0) * 1e3)
                 for image in (our_image, their_image)]
@@ -129,6 +141,7 @@ def main() -> None:
               f"{rmse[0]:>16.1f} {rmse[1]:>7.1f}")
     print("(rates in slices/s; ratio = sparsect / skimage; RMSE of slice 0's FBP vs its "
           "reference, to show both do comparable work)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     single, pooled = ratios[60]
     which = "single-process" if single <= pooled else "pooled"
     print(f"reported ratio at 60 views: the more conservative of single-process ({single:.2f}) "

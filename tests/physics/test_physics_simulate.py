@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
 
 import numpy as np
 import pytest
+from physics_phantoms import piecewise_phantom
 
 from sparsect.physics import Geometry, NoiseModel, Projector, Simulator, mu_to_hu, simulate_slice
 
@@ -15,8 +15,8 @@ NOISE = NoiseModel(i0=1e5)
 
 
 @pytest.fixture(scope="module")
-def hu_slice(make_phantom: Callable) -> np.ndarray:
-    return mu_to_hu(make_phantom(64, 3.0))  # water body in air, -1000 HU outside
+def hu_slice() -> np.ndarray:
+    return mu_to_hu(piecewise_phantom(64, 3.0))  # water body in air, -1000 HU outside
 
 
 @pytest.mark.parametrize("upsample", [1, 2])

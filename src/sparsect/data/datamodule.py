@@ -30,11 +30,14 @@ class SliceDataset(Dataset):
         prior_classes: ``(N, H, W)`` class map given to the network as its prior
             (threshold masks of the FBP, or the full-dose masks for the oracle), or None.
         augment: random horizontal/vertical flips, applied to all arrays alike.
+        crop: train on random ``crop x crop`` patches (None: whole slices). The
+            networks are fully convolutional, so patches cut the cost per step
+            while inference still runs on whole slices.
     """
 
     def __init__(self, fbp_hu: np.ndarray, target_hu: np.ndarray, masks: np.ndarray,
                  prior_classes: np.ndarray | None = None, augment: bool = False,
-                 seed: int = 0) -> None:
+                 crop: int | None = None, seed: int = 0) -> None:
         if not (len(fbp_hu) == len(target_hu) == len(masks)):
             raise ValueError(
                 f"slice counts differ: fbp {len(fbp_hu)}, target {len(target_hu)}, "
@@ -43,19 +46,29 @@ class SliceDataset(Dataset):
         self.fbp_hu, self.target_hu, self.masks = fbp_hu, target_hu, masks
         self.prior_classes = prior_classes
         self.augment = augment
+        self.crop = crop
         self.seed = seed
 
     def __len__(self) -> int:
         return len(self.fbp_hu)
 
+    def _window(self) -> tuple[slice, slice]:
+        height, width = self.fbp_hu.shape[-2:]
+        if self.crop is None or self.crop >= min(height, width):
+            return slice(None), slice(None)
+        top = int(torch.randint(0, height - self.crop + 1, (1,)))
+        left = int(torch.randint(0, width - self.crop + 1, (1,)))
+        return slice(top, top + self.crop), slice(left, left + self.crop)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rows, cols = self._window()
         arrays = {
-            "fbp": np.asarray(self.fbp_hu[index], dtype=np.float32)[None] / HU_SCALE,
-            "target": np.asarray(self.target_hu[index], dtype=np.float32)[None] / HU_SCALE,
-            "masks": np.asarray(self.masks[index], dtype=np.int64),
+            "fbp": np.asarray(self.fbp_hu[index, rows, cols], dtype=np.float32)[None] / HU_SCALE,
+            "target": np.asarray(self.target_hu[index, rows, cols], np.float32)[None] / HU_SCALE,
+            "masks": np.asarray(self.masks[index, rows, cols], dtype=np.int64),
         }
         if self.prior_classes is not None:
-            classes = np.asarray(self.prior_classes[index], dtype=np.int64)
+            classes = np.asarray(self.prior_classes[index, rows, cols], dtype=np.int64)
             arrays["prior_probs"] = np.eye(NUM_TISSUE_CLASSES, dtype=np.float32)[classes]
             arrays["prior_probs"] = np.moveaxis(arrays["prior_probs"], -1, 0)
         if self.augment:
@@ -94,11 +107,12 @@ class SliceDataModule(pl.LightningDataModule):
     model selection (checkpointing, early stopping) sees only train and val."""
 
     def __init__(self, train: SplitPaths, val: SplitPaths, prior: str, batch_size: int = 8,
-                 num_workers: int = 0, augment: bool = True, seed: int = 0) -> None:
+                 num_workers: int = 0, augment: bool = True, crop: int | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
         self.paths = {"train": train, "val": val}
         self.prior, self.batch_size, self.num_workers = prior, batch_size, num_workers
-        self.augment, self.seed = augment, seed
+        self.augment, self.crop, self.seed = augment, crop, seed
         self.datasets: dict[str, SliceDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -106,6 +120,7 @@ class SliceDataModule(pl.LightningDataModule):
             self.datasets[split] = SliceDataset(
                 **load_split(paths, self.prior),
                 augment=self.augment and split == "train",
+                crop=self.crop if split == "train" else None,
                 seed=self.seed,
             )
 

@@ -338,7 +338,8 @@ class _Anatomy:
         # Subcutaneous fat and muscle wall thickness profiles.
         fat_lo, fat_hi = config.subcutaneous_fat_mm
         self.fat_range = (fat_lo, fat_hi)
-        self.fat_mean = uniform(fat_lo + 0.15 * (fat_hi - fat_lo), fat_lo + 0.65 * (fat_hi - fat_lo))
+        span = fat_hi - fat_lo
+        self.fat_mean = uniform(fat_lo + 0.15 * span, fat_lo + 0.65 * span)
         self.fat_coeffs = harmonics(3, 0.28)
         self.fat_abdomen_gain = uniform(1.0, 1.3)
         self.muscle_thorax = uniform(12.0, 17.0)
@@ -361,7 +362,7 @@ class _Anatomy:
         # Spine, measured from the posterior skin.
         self.spine_u = uniform(-3.0, 3.0)
         self.vb_semi = (uniform(17.0, 21.0), uniform(14.0, 17.0))
-        self.vb_depth_from_skin = uniform(45.0, 55.0)  # behind the fat
+        self.vb_depth_from_skin = uniform(45.0, 55.0)  # mm behind the subcutaneous fat
         self.vertebra_period = uniform(27.0, 32.0)
         self.disc_height = uniform(5.0, 8.0)
         self.vertebra_phase = uniform(0.0, self.vertebra_period)
@@ -393,7 +394,7 @@ class _Anatomy:
         )
         self.pericardial_fat = uniform(2.0, 6.0)
         self.lv_wall = uniform(8.0, 12.0)
-        # Vessels and oesophagus (u, v positions are filled in once the spine is known).
+        # Vessels and oesophagus, placed relative to the spine.
         self.aorta_radius = uniform(11.0, 14.5)
         self.aorta_gap = uniform(2.0, 6.0)
         self.aorta_abdomen_u = -uniform(4.0, 12.0)
@@ -408,7 +409,7 @@ class _Anatomy:
             (uniform(0.2, 0.35) * a_c, uniform(-0.05, 0.1) * b_c),
             (uniform(0.75, 0.9) * a_c, uniform(0.85, 1.0) * b_c),
             math.radians(uniform(-10.0, 10.0)),
-            0.0,
+            0.0,  # no ellipsoid in z: the diaphragm caps the liver, liver_bottom ends it
             0.0,
             harmonics(4, 0.04),
         )
@@ -467,9 +468,12 @@ class _Anatomy:
         self.material_hu = hu
         self.lung_gradient = uniform(20.0, 45.0)  # HU, dependent (posterior) lung is denser
 
-        # Filled in by _place_spine (needs the body outline).
-        self.vb_v = 0.0
-        self.canal_v = 0.0
+        # Vertebral-body centre at a fixed depth from the posterior skin, behind the fat.
+        back_theta = np.array([-np.pi / 2])
+        back = float(_body_radius(self, back_theta, False)[0])
+        back_fat = float(_fat_thickness(self, back_theta, False)[0])
+        self.vb_v = -back + back_fat + self.vb_depth_from_skin
+        self.canal_v = self.vb_v - self.vb_semi[1] - 2.0 - self.canal_radius
 
 
 # --------------------------------------------------------------------------- geometry
@@ -559,8 +563,9 @@ def _make_grid(an: _Anatomy, config: PhantomConfig) -> _Grid:
     y = subsample(iy0, iy1, ny, sy, f)
     z = subsample(0, nz, nz, sz, fz)
     dx, dy = np.meshgrid(x - an.offset[0], y - an.offset[1], indexing="ij")
-    u = (cos * dx + sin * dy) / scale
-    v = (-sin * dx + cos * dy) / scale
+    # float32 is ample for mm coordinates and halves the cost of the per-pixel maths.
+    u = ((cos * dx + sin * dy) / scale).astype(np.float32)
+    v = ((-sin * dx + cos * dy) / scale).astype(np.float32)
     return _Grid((slice(ix0, ix1), slice(iy0, iy1)), x, y, z, u, v, scale)
 
 
@@ -593,11 +598,7 @@ class _Fields:
         posterior = np.clip(-v / an.b_c, 0.0, 1.0)
         self.diaphragm = (np.maximum(*heights) - an.posterior_drop * posterior).astype(np.float32)
 
-        # Spine: vertebral-body centre at a fixed depth from the posterior skin.
-        back = float(_body_radius(an, np.array([-np.pi / 2]), False)[0])
-        back_fat = float(_fat_thickness(an, np.array([-np.pi / 2]), False)[0])
-        an.vb_v = -back + back_fat + an.vb_depth_from_skin
-        an.canal_v = an.vb_v - an.vb_semi[1] - 2.0 - an.canal_radius
+        # Spine: vertebral body, canal, paraspinal muscles and processes.
         self.vb = _ellipse_rho(u, v, (an.spine_u, an.vb_v), an.vb_semi)
         self.canal = np.hypot(u - an.spine_u, v - an.canal_v).astype(np.float32)
         self.paraspinal = _ellipse_rho(u, v, (an.spine_u, an.canal_v - 14.0), an.paraspinal_semi)
@@ -630,10 +631,13 @@ class _Fields:
             return _ellipse_rho(u, v, organ.centre, organ.semi, organ.angle, organ.coeffs)
 
         self.heart = rho(an.heart)
+        # Left ventricle: towards the apex along the long axis, and posterior.
         h = an.heart
+        along, behind = 0.2 * h.semi[0], 0.25 * h.semi[1]
+        cos, sin = math.cos(h.angle), math.sin(h.angle)
         lv_centre = (
-            h.centre[0] + 0.2 * h.semi[0] * math.cos(h.angle) + 0.25 * h.semi[1] * math.sin(h.angle),
-            h.centre[1] + 0.2 * h.semi[0] * math.sin(h.angle) - 0.25 * h.semi[1] * math.cos(h.angle),
+            h.centre[0] + along * cos + behind * sin,
+            h.centre[1] + along * sin - behind * cos,
         )
         self.lv_semi = (0.6 * h.semi[0], 0.6 * h.semi[1])
         self.lv = _ellipse_rho(u, v, lv_centre, self.lv_semi, h.angle)
@@ -653,17 +657,17 @@ class _Fields:
         for side, k in zip((1.0, -1.0), an.kidneys, strict=True):
             # Renal sinus fat sits at the hilum, anteromedially.
             centre = (k.centre[0] - side * 0.35 * k.semi[1], k.centre[1] + 0.35 * k.semi[1])
-            self.sinus.append(_ellipse_rho(u, v, centre, (0.45 * k.semi[0], 0.35 * k.semi[1]),
-                                           k.angle))
+            self.sinus.append(
+                _ellipse_rho(u, v, centre, (0.45 * k.semi[0], 0.35 * k.semi[1]), k.angle)
+            )
         self.bowel = [rho(b) for b in an.bowel]
-        self.esophagus = np.hypot(u - an.esophagus_u,
-                                  v - (an.vb_v + an.vb_semi[1] + an.esophagus_radius + 3.0))
+        self.esophagus = np.hypot(
+            u - an.esophagus_u, v - (an.vb_v + an.vb_semi[1] + an.esophagus_radius + 3.0)
+        )
         self.ivc = np.hypot(u - an.ivc_u, v - (an.vb_v + an.vb_semi[1] + an.ivc_v))
 
 
-def _paint_slice(
-    an: _Anatomy, fields: _Fields, z: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _paint_slice(an: _Anatomy, fields: _Fields, z: float) -> tuple[np.ndarray, np.ndarray]:
     """Organ labels and materials of one (sub-)slice at world height ``z`` (mm)."""
     F = fields
     labels = np.zeros(F.r.shape, dtype=np.uint8)
@@ -708,7 +712,8 @@ def _paint_slice(
         paint(lumen, "stomach", "gastric_content")
         if an.stomach_gas:
             # Gas floats to the non-dependent (anterior) part of the lumen.
-            level = an.stomach.centre[1] + (1 - 2 * an.stomach_gas_fraction) * an.stomach.semi[1] * s
+            cap = 1 - 2 * an.stomach_gas_fraction
+            level = an.stomach.centre[1] + cap * an.stomach.semi[1] * s
             paint(lumen & (F.v > level), "bowel_gas", "gas")
 
     s = _ellipsoid_scale(z, an.spleen.z_centre, an.spleen.z_semi)
@@ -733,8 +738,9 @@ def _paint_slice(
     # Great vessels and oesophagus; the aorta moves from left-paravertebral in the
     # chest to pre-vertebral in the abdomen.
     ta = min(max((an.h_left - z) / 60.0, 0.0), 1.0)
-    aorta_u = (1 - ta) * (an.spine_u - (0.6 * an.vb_semi[0] + an.aorta_radius + an.aorta_gap)) \
-        + ta * an.aorta_abdomen_u
+    aorta_u = (1 - ta) * (
+        an.spine_u - (0.6 * an.vb_semi[0] + an.aorta_radius + an.aorta_gap)
+    ) + ta * an.aorta_abdomen_u
     aorta_v = (1 - ta) * (an.vb_v + 4.0) + ta * (an.vb_v + an.vb_semi[1] + an.aorta_radius + 2.0)
     aorta_d = np.hypot(F.u - aorta_u, F.v - aorta_v)
     has_ivc = z < an.h_right + 5.0
@@ -746,7 +752,8 @@ def _paint_slice(
     fat_rho = an.pericardial_fat / an.heart.semi[1]
 
     # Lungs: the thoracic cavity minus the mediastinum.
-    excluded = F.central_band | (F.paraspinal < 1.1) | (F.vb < 1.25) | (aorta_d < an.aorta_radius + 3)
+    excluded = F.central_band | (F.paraspinal < 1.1) | (F.vb < 1.25)
+    excluded |= aorta_d < an.aorta_radius + 3.0
     if sh > 0:
         excluded |= F.heart < sh + fat_rho + 0.04
     if has_esophagus:
@@ -781,8 +788,11 @@ def _paint_slice(
         paint(vb, "spine", "cortical")
         paint(F.vb < grow - 1.5 / an.vb_semi[1], "spine", "trabecular")
     canal_r = an.canal_radius * grow
-    paint((F.canal >= canal_r) & (F.canal < canal_r + 5.0) & (F.v < an.canal_v + 0.5 * canal_r),
-          "spine", "posterior_bone")
+    paint(
+        (F.canal >= canal_r) & (F.canal < canal_r + 5.0) & (F.v < an.canal_v + 0.5 * canal_r),
+        "spine",
+        "posterior_bone",
+    )
     if 0.15 < phase < 0.75:
         paint(F.spinous, "spine", "posterior_bone")
     if 0.25 < phase < 0.6:
@@ -794,7 +804,7 @@ def _paint_slice(
     band = (F.r >= r_cavity + 0.5) & (F.r < r_cavity + 0.5 + an.rib_thickness)
     phi_max = np.pi - 0.5 - 1.1 * t  # the costal margin recedes in the abdomen
     band &= (F.phi > 0.35) & (F.phi < phi_max)
-    rib_phase = ((z - an.rib_phase + an.rib_slope * 110.0 * F.phi + F.rib_shift) / an.rib_period)
+    rib_phase = (z - an.rib_phase + an.rib_slope * 110.0 * F.phi + F.rib_shift) / an.rib_period
     rib_phase %= 1.0
     rib = band & (rib_phase < an.rib_height / an.rib_period)
     paint(rib, "rib", "rib_cortex")
@@ -854,7 +864,7 @@ class _TreeSpec(NamedTuple):
 
 # Pulmonary vessels (blood, +40 HU, in -850 HU lung) and hepatic veins (blood,
 # slightly hypodense to +60 HU liver on non-contrast CT; still liver parenchyma).
-_LUNG_TREES = _TreeSpec(_L["lung"], _L["lung_vessel"], "blood", True, 6, (4.0, 6.5), 0.9, 500)
+_LUNG_TREES = _TreeSpec(_L["lung"], _L["lung_vessel"], "blood", True, 8, (4.0, 6.5), 0.9, 500)
 _LIVER_TREES = _TreeSpec(_L["liver"], _L["liver"], "blood", False, 3, (3.0, 4.5), 1.2, 60)
 
 
@@ -874,7 +884,7 @@ def _grow_vessel_trees(
     host_index = np.flatnonzero(labels_ss == spec.host)
     if host_index.size < 1000:
         return
-    sample = np.sort(rng.choice(host_index, size=min(8000, host_index.size), replace=False))
+    sample = np.sort(rng.choice(host_index, size=min(5000, host_index.size), replace=False))
     ix, iy, iz = np.unravel_index(sample, labels_ss.shape)
     points = np.stack([grid.x[ix], grid.y[iy], grid.z[iz]], axis=1)
     # Sides in anatomical coordinates (u > 0 is the patient's right).
@@ -884,8 +894,9 @@ def _grow_vessel_trees(
     step = (grid.x[1] - grid.x[0], grid.y[1] - grid.y[0], grid.z[1] - grid.z[0] if nz > 1 else 1)
 
     def inside_host(p: np.ndarray) -> bool:
-        i, j, k = (int(round((p[a] - c[0]) / step[a])) for a, c in
-                   enumerate((grid.x, grid.y, grid.z)))
+        i, j, k = (
+            int(round((p[a] - c[0]) / step[a])) for a, c in enumerate((grid.x, grid.y, grid.z))
+        )
         if not (0 <= i < nx and 0 <= j < ny and 0 <= k < nz):
             return False
         return labels_ss[i, j, k] in (spec.host, spec.label)
@@ -907,13 +918,14 @@ def _grow_vessel_trees(
         lateral = np.array([0.6 * side, -0.3, -1.0])
         for root in rng.choice(roots, size=min(spec.roots, roots.size), replace=False):
             radius = float(rng.uniform(*spec.root_radius_mm)) * grid.scale
-            queue.append((pts[root], lateral / np.linalg.norm(lateral), radius))
+            direction = lateral + np.array([0.0, 0.0, rng.uniform(0.0, 1.2)])
+            queue.append((pts[root], direction / np.linalg.norm(direction), radius))
         segments = 0
         while queue and segments < spec.max_segments:
             start, direction, radius = queue.popleft()
             length = float(np.clip(radius * rng.uniform(6.0, 10.0), 5.0, 35.0))
             rel = pts - start
-            dist = np.sqrt((rel**2).sum(axis=1))
+            dist = np.sqrt(np.einsum("ij,ij->i", rel, rel))
             cosine = (rel @ direction) / np.maximum(dist, 1e-6)
             near = (dist > 0.5 * length) & (dist < 3.0 * length)
             candidates = np.flatnonzero(near & (cosine > 0.3))
@@ -1032,6 +1044,10 @@ def generate_subject(
         ``(hu, labels)``: ``hu`` float32 ``(x, y, z)`` in Hounsfield units (air
         outside the body is exactly -1000), ``labels`` uint8 ``(x, y, z)`` organ
         labels of :data:`ORGAN_LABELS`. Deterministic in ``(subject, seed, config)``.
+
+    Raises:
+        ValueError: if ``subject`` or ``seed`` is negative, or the in-plane field of
+            view cannot hold a torso even when scaled down.
     """
     if subject < 0 or seed < 0:
         raise ValueError(f"subject and seed must be >= 0, got subject={subject}, seed={seed}")
@@ -1123,8 +1139,17 @@ def write_dataset(
     ``out_dir`` and renamed into place, so an interruption never leaves a
     half-written file in ``out_dir``; other files in ``out_dir`` are left alone.
 
+    Args:
+        out_dir: output folder (created if missing).
+        subjects: number of subjects, indexed ``0 .. subjects - 1``.
+        seed: dataset seed (>= 0); subject ``i`` is ``generate_subject(i, seed, config)``.
+        config: grid and variation ranges.
+
     Returns:
         The scan paths (not the label maps), in subject order.
+
+    Raises:
+        ValueError: if ``subjects`` or ``seed`` is negative, or the grid cannot hold a torso.
     """
     if subjects < 0:
         raise ValueError(f"subjects must be >= 0, got {subjects}")
@@ -1138,11 +1163,13 @@ def write_dataset(
             hu, labels = generate_subject(i, seed, config)
             hu_int = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
             scan, seg = f"subject_{i:03d}.nii.gz", f"subject_{i:03d}_seg.nii.gz"
-            _write_synced(staging / scan, _nifti_gz_bytes(hu_int, affine, "CT torso phantom, HU",
-                                                          label=False))
-            _write_synced(staging / seg, _nifti_gz_bytes(labels, affine,
-                                                         "organ labels, sparsect ORGAN_LABELS",
-                                                         label=True))
+            _write_synced(
+                staging / scan, _nifti_gz_bytes(hu_int, affine, "CT torso phantom, HU", label=False)
+            )
+            _write_synced(
+                staging / seg,
+                _nifti_gz_bytes(labels, affine, "organ labels, sparsect ORGAN_LABELS", label=True),
+            )
             names += [scan, seg]
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in names:

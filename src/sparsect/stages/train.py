@@ -9,6 +9,7 @@ and the selected checkpoint.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from sparsect.data.datamodule import SliceDataModule, SplitPaths
 from sparsect.data.store import atomic_dir, atomic_write_json
+from sparsect.models.callbacks import EpochSummary
 from sparsect.models.module import ReconModule
 from sparsect.settings import geometry_from_cfg, noise_from_cfg
 from sparsect.tracking import flatten, provenance_tags, tracking_uri
@@ -58,7 +60,9 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
     datamodule = SliceDataModule(paths("train"), paths("val"), prior,
                                  batch_size=int(cfg.trainer.batch_size),
                                  num_workers=int(cfg.trainer.num_workers),
-                                 augment=bool(cfg.trainer.augment), seed=int(cfg.seed))
+                                 augment=bool(cfg.trainer.augment),
+                                 crop=None if cfg.trainer.crop is None else int(cfg.trainer.crop),
+                                 seed=int(cfg.seed))
     logger = MLFlowLogger(
         experiment_name=str(cfg.logger.experiment), tracking_uri=tracking_uri(cfg),
         run_name=f"{name}@{views}",
@@ -70,8 +74,10 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
     trainer = pl.Trainer(
         max_epochs=int(cfg.trainer.max_epochs), accelerator=str(cfg.trainer.accelerator),
         devices=cfg.trainer.devices, strategy=str(cfg.trainer.strategy),
-        precision=str(cfg.trainer.precision), logger=logger, callbacks=[checkpoint],
-        enable_model_summary=False, log_every_n_steps=10, deterministic=True,
+        precision=str(cfg.trainer.precision), logger=logger,
+        callbacks=[checkpoint, EpochSummary(f"{name}@{views}")],
+        enable_model_summary=False, enable_progress_bar=sys.stderr.isatty(),
+        log_every_n_steps=10, deterministic=True,
     )
     logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True), "cfg."))
     trainer.fit(module, datamodule)

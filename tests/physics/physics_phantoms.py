@@ -1,8 +1,10 @@
-"""Phantoms shared by the physics tests (images in mu, 1/mm)."""
+"""Phantoms and an ASTRA object counter shared by the physics tests (images in mu, 1/mm).
+
+A plain module, not a conftest: ``tests/conftest.py`` is imported as ``conftest``
+by other tests, and a second conftest module would shadow it.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import astra
 import numpy as np
@@ -30,25 +32,10 @@ def piecewise_phantom(n: int, pixel_mm: float) -> np.ndarray:
     return mu
 
 
-@pytest.fixture(scope="session")
-def make_disc() -> Callable[..., np.ndarray]:
-    return disc
-
-
-@pytest.fixture(scope="session")
-def make_phantom() -> Callable[..., np.ndarray]:
-    return piecewise_phantom
-
-
-def _astra_object_count(capfd: pytest.CaptureFixture[str]) -> int:
-    """Live ASTRA data, algorithm and projector objects (ASTRA prints them from C++)."""
+def astra_object_count(capfd: pytest.CaptureFixture[str]) -> int:
+    """Live ASTRA data, algorithm and projector objects (ASTRA lists them from C++)."""
     capfd.readouterr()
     for module in (astra.data2d, astra.algorithm, astra.projector):
         module.info()
     lines = capfd.readouterr().out.splitlines()
     return sum(1 for line in lines if line[:1].isdigit())
-
-
-@pytest.fixture
-def astra_objects(capfd: pytest.CaptureFixture[str]) -> Callable[[], int]:
-    return lambda: _astra_object_count(capfd)
