@@ -1,6 +1,7 @@
 import torch
 
-from sparsect.models.module import ReconModule, soft_dice_loss
+from sparsect.models.losses import soft_dice_loss, ssim
+from sparsect.models.module import ReconModule
 from sparsect.models.unet import SGUNet, UNet
 
 
@@ -45,3 +46,14 @@ def test_dice_loss_rewards_the_right_segmentation():
     good = torch.nn.functional.one_hot(classes, 5).permute(0, 3, 1, 2).float() * 20
     bad = torch.roll(good, 1, dims=1)
     assert soft_dice_loss(good, classes) < 0.05 < soft_dice_loss(bad, classes)
+
+
+def test_fast_ssim_matches_torchmetrics():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    torch.manual_seed(0)
+    target = torch.rand(3, 1, 48, 40)
+    pred = (target + 0.1 * torch.randn_like(target)).clamp(0, 1)
+    expected = structural_similarity_index_measure(pred, target, data_range=1.0)
+    assert torch.isclose(ssim(pred, target, data_range=1.0), expected, atol=1e-4)
+    assert torch.isclose(ssim(target, target, data_range=1.0), torch.tensor(1.0), atol=1e-6)

@@ -21,25 +21,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import structural_similarity_index_measure
-
 from sparsect.evaluation.metrics import mean_dice, psnr_hu, ssim_hu
+from sparsect.models.losses import soft_dice_loss, ssim
 from sparsect.models.unet import build_model
 
 HU_SCALE = 1000.0
 PRIOR_VARIANTS = ("none", "predicted", "threshold", "oracle")
-
-
-def soft_dice_loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """1 - mean soft Dice over classes present in the batch."""
-    probs = logits.softmax(dim=1)
-    one_hot = F.one_hot(classes, logits.shape[1]).permute(0, 3, 1, 2).float()
-    dims = (0, 2, 3)
-    intersection = (probs * one_hot).sum(dims)
-    total = probs.sum(dims) + one_hot.sum(dims)
-    present = one_hot.sum(dims) > 0
-    dice = (2 * intersection + 1.0) / (total + 1.0)
-    return 1 - dice[present].mean()
 
 
 class ReconModule(pl.LightningModule):
@@ -94,9 +81,7 @@ class ReconModule(pl.LightningModule):
         if w["ssim"] > 0:
             # SSIM on the normalised images over the evaluation window's range
             data_range = (self.hparams.hu_max - self.hparams.hu_min) / self.hparams.hu_scale
-            terms["ssim"] = 1 - structural_similarity_index_measure(
-                recon, target, data_range=data_range
-            )
+            terms["ssim"] = 1 - ssim(recon, target, data_range=data_range)
         if logits is not None and self.hparams.prior == "predicted":
             terms["ce"] = F.cross_entropy(logits, batch["masks"])
             terms["dice"] = soft_dice_loss(logits, batch["masks"])
