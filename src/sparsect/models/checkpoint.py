@@ -34,7 +34,8 @@ def load_module(path: Path, map_location: str | torch.device = "cpu") -> ReconMo
     if not isinstance(payload, dict) or "state_dict" not in payload \
             or "hyper_parameters" not in payload:
         raise InputError(
-            f"Checkpoint '{path}' is not a sparsect checkpoint: use one written by `sparsect train`."
+            f"Checkpoint '{path}' is not a sparsect checkpoint: "
+            "use one written by `sparsect train`."
         )
     module = ReconModule(**dict(payload["hyper_parameters"]))
     module.load_state_dict(payload["state_dict"])

@@ -21,6 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+
 from sparsect.evaluation.metrics import mean_dice, psnr_hu, ssim_hu
 from sparsect.models.losses import soft_dice_loss, ssim
 from sparsect.models.unet import build_model

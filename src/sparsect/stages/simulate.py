@@ -8,8 +8,8 @@ processes, and an interrupted run reproduces exactly.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
