@@ -26,7 +26,10 @@ TINY = [
     "model.seg_channels=4",
     "trainer.max_epochs=2",
     "trainer.batch_size=4",
+    "trainer.crop=16",
     "evaluate.panel_slices=1",
+    "baselines.sirt.iterations=20",
+    "baselines.tv.iterations=20",
 ]
 
 
@@ -60,7 +63,7 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
     metrics = json.loads((tiny_repo / "reports" / "metrics.json").read_text())
     assert set(metrics) == {"12", "24"}
     for per_method in metrics.values():
-        assert set(per_method) == {"fbp", "unet", "sg_unet"}
+        assert set(per_method) == {"fbp", "sirt", "tv", "unet", "sg_unet"}
         for values in per_method.values():
             assert {"psnr", "ssim", "rmse_hu"} <= set(values)
         assert 0 <= per_method["sg_unet"]["dice"] <= 1

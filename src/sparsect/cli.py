@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--views", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="simulate only the subjects of shard K of N (cluster array jobs)")
+    _add_common(p)
+
+    p = commands.add_parser("merge-shards", help="assemble `simulate --shard` outputs")
+    p.add_argument("shards", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    _add_common(p)
+
+    p = commands.add_parser("baselines", help="SIRT and TV reconstructions of the test split")
+    p.add_argument("--sim", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=None)
     _add_common(p)
 
     p = commands.add_parser("masks", help="tissue-class masks of the full-dose slices")
@@ -69,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim", type=Path, required=True)
     p.add_argument("--masks", type=Path, required=True)
     p.add_argument("--models", type=Path, required=True)
+    p.add_argument("--baselines", type=Path, default=None)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--views", type=int, default=None)
     _add_common(p)
@@ -108,7 +122,15 @@ def run(args: argparse.Namespace) -> object:
     if args.command == "simulate":
         from sparsect.stages.simulate import simulate
 
-        return simulate(cfg, args.prepared, args.out, args.views, args.workers)
+        return simulate(cfg, args.prepared, args.out, args.views, args.workers, args.shard)
+    if args.command == "merge-shards":
+        from sparsect.stages.simulate import merge_shards
+
+        return merge_shards(args.shards, args.out)
+    if args.command == "baselines":
+        from sparsect.stages.baselines import baselines
+
+        return baselines(cfg, args.sim, args.out, args.workers)
     if args.command == "masks":
         from sparsect.stages.masks import masks
 
@@ -121,7 +143,7 @@ def run(args: argparse.Namespace) -> object:
         from sparsect.stages.evaluate import evaluate
 
         return evaluate(cfg, args.prepared, args.sim, args.masks, args.models, args.out,
-                        args.views)
+                        args.views, args.baselines)
     if args.command == "report":
         from sparsect.stages.evaluate import collect
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from sparsect.data.store import atomic_dir, atomic_write_json, load_array
+from sparsect.data.store import atomic_dir, atomic_write_json, load_array, read_json
 from sparsect.evaluation.figures import panel
 from sparsect.evaluation.metrics import mean_dice, psnr_hu, rmse_hu, ssim_hu
 from sparsect.models.checkpoint import load_module
@@ -52,8 +52,12 @@ def image_metrics(pred: np.ndarray, target: np.ndarray, hu_min: float, hu_max: f
 
 
 def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path,
-             models_dir: Path, out_dir: Path, views: int | None = None) -> Path:
-    """Writes ``out_dir/metrics.json`` (method -> metrics) and ``out_dir/panel.png``."""
+             models_dir: Path, out_dir: Path, views: int | None = None,
+             baselines_dir: Path | None = None) -> Path:
+    """Writes ``out_dir/metrics.json`` (method -> metrics) and ``out_dir/panel.png``.
+
+    Methods: ``fbp``, the classical baselines found in ``baselines_dir`` (e.g.
+    ``sirt``, ``tv``) and every model in ``models_dir``."""
     views = int(views if views is not None else cfg.geometry.views)
     lo, hi = float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max)
     target = np.asarray(load_array(Path(prepared_dir) / "test", "hu"))
@@ -62,7 +66,10 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
     summary = json.loads((Path(models_dir) / "summary.json").read_text())
 
     images = {"fbp": fbp}
-    metrics = {"fbp": image_metrics(fbp, target, lo, hi)}
+    if baselines_dir is not None:
+        for method in read_json(Path(baselines_dir) / "settings.json")["methods"]:
+            images[method] = np.asarray(load_array(Path(baselines_dir), method))
+    metrics = {name: image_metrics(image, target, lo, hi) for name, image in images.items()}
     predicted_masks = {}
     for name, info in summary.items():
         prior = info["prior"]

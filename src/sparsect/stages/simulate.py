@@ -1,12 +1,16 @@
 """Stage ``simulate@<views>``: sparse-view sinograms (with noise) and their FBP.
 
 Each slice gets its own seed, derived from ``(seed, views, split, slice)``, so
-the output does not depend on how the slices are spread over worker
-processes, and an interrupted run reproduces exactly.
+the output does not depend on how slices are spread over worker processes or
+cluster shards, and an interrupted run reproduces exactly. ``--shard k/N``
+simulates the subjects whose rank is k-1 modulo N (for array jobs);
+``sparsect merge-shards`` assembles the shards into the full output, identical
+to an unsharded run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -17,11 +21,19 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from sparsect.data.split import SPLITS
-from sparsect.data.store import atomic_dir, atomic_write_json, load_array, save_array
+from sparsect.data.store import (
+    atomic_dir,
+    atomic_write_json,
+    load_array,
+    read_json,
+    save_array,
+)
+from sparsect.errors import InputError
 from sparsect.physics import Geometry, NoiseModel, Simulator
 from sparsect.priors.masks import tissue_masks_from_hu
 from sparsect.settings import geometry_from_cfg, noise_from_cfg
 
+ARRAYS = ("sinogram", "fbp", "threshold_masks")
 _WORKER: dict = {}
 
 
@@ -29,6 +41,19 @@ def slice_seed(seed: int, views: int, split: str, index: int) -> int:
     """Independent, order-free seed for one slice's noise."""
     sequence = np.random.SeedSequence([seed, views, SPLITS.index(split), index])
     return int(sequence.generate_state(1)[0])
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"k/N"`` -> ``(k, N)`` with ``1 <= k <= N``."""
+    if text is None:
+        return None
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise InputError(f"Shard '{text}' is not of the form k/N with 1 <= k <= N: e.g. 2/8.")
+    return k, n
 
 
 def _init_worker(geometry: dict, noise: dict, upsample: int, device: str, filter_name: str,
@@ -45,40 +70,92 @@ def _simulate_one(job: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
     return index, sinogram, fbp_hu
 
 
+def _shard_slices(prepared_split: Path, shard: tuple[int, int] | None) -> list[int]:
+    index = read_json(prepared_split / "index.json")
+    if shard is None:
+        return list(range(len(index)))
+    k, n = shard
+    subjects = sorted({subject for subject, _ in index})
+    mine = {s for rank, s in enumerate(subjects) if rank % n == k - 1}
+    return [i for i, (subject, _) in enumerate(index) if subject in mine]
+
+
 def simulate(cfg: DictConfig, prepared_dir: Path, out_dir: Path, views: int | None = None,
-             workers: int | None = None) -> Path:
+             workers: int | None = None, shard: str | None = None) -> Path:
     """Simulates every split at ``views`` (default ``geometry.views``).
 
     Writes ``out_dir/<split>/sinogram.npy`` (``(N, views, detectors)`` line
     integrals), ``fbp.npy`` (``(N, H, W)`` HU), ``threshold_masks.npy`` (classical
-    tissue masks of the FBP, the ``threshold`` prior) and ``out_dir/geometry.json``.
+    tissue masks of the FBP, the ``threshold`` prior), ``slices.json`` (which
+    prepared slices these are) and ``out_dir/geometry.json`` (geometry, noise,
+    physics settings: recorded with every sinogram).
     """
     geometry = geometry_from_cfg(cfg, views)
     noise = noise_from_cfg(cfg)
-    geo_cfg = cfg.geometry
-    workers = workers or min(os.cpu_count() or 1, 8)
+    physics = cfg.physics
+    workers = workers or physics.get("workers") or os.cpu_count() or 1
+    shard_spec = parse_shard(shard)
     with atomic_dir(Path(out_dir)) as tmp:
         for split in SPLITS:
             split_dir = Path(prepared_dir) / split
-            count = len(load_array(split_dir, "hu"))
-            fbp = np.empty((count, geometry.image_size, geometry.image_size), np.float32)
-            sinogram = None
-            jobs = [(i, slice_seed(int(cfg.seed), geometry.views, split, i)) for i in range(count)]
-            init_args = (geometry.to_dict(), asdict(noise), int(geo_cfg.upsample),
-                         str(geo_cfg.device), str(geo_cfg.filter), str(split_dir))
-            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init_args) as pool:
-                results = pool.map(_simulate_one, jobs, chunksize=max(1, count // (4 * workers)))
+            selected = _shard_slices(split_dir, shard_spec)
+            count = len(selected)
+            size = geometry.image_size
+            fbp = np.empty((count, size, size), np.float32)
+            sinogram = np.empty((count, geometry.views, geometry.detector_count), np.float32)
+            position = {index: row for row, index in enumerate(selected)}
+            jobs = [(i, slice_seed(int(cfg.seed), geometry.views, split, i)) for i in selected]
+            init_args = (geometry.to_dict(), asdict(noise), int(physics.upsample),
+                         str(physics.device), str(physics.filter), str(split_dir))
+            with ProcessPoolExecutor(min(workers, max(1, count)), initializer=_init_worker,
+                                     initargs=init_args) as pool:
+                results = pool.map(_simulate_one, jobs,
+                                   chunksize=max(1, count // (4 * workers)))
                 for index, sino, image in tqdm(results, total=count, unit="slice",
                                                desc=f"simulate@{geometry.views} {split}"):
-                    if sinogram is None:
-                        sinogram = np.empty((count, *sino.shape), np.float32)
-                    sinogram[index], fbp[index] = sino, image
+                    sinogram[position[index]], fbp[position[index]] = sino, image
             (tmp / split).mkdir()
             save_array(tmp / split, "sinogram", sinogram)
             save_array(tmp / split, "fbp", fbp)
             save_array(tmp / split, "threshold_masks", tissue_masks_from_hu(fbp))
+            atomic_write_json(tmp / split / "slices.json", selected)
         atomic_write_json(tmp / "geometry.json", {
             "geometry": geometry.to_dict(), "noise": asdict(noise),
-            "upsample": int(geo_cfg.upsample), "filter": str(geo_cfg.filter),
+            "upsample": int(physics.upsample), "filter": str(physics.filter),
+            "shard": None if shard_spec is None else list(shard_spec),
         })
+    return Path(out_dir)
+
+
+def merge_shards(shard_dirs: list[Path], out_dir: Path) -> Path:
+    """Assembles shard outputs into one simulate output (identical to an unsharded run).
+
+    Raises:
+        InputError: if shards disagree on the geometry or do not cover every slice once.
+    """
+    if not shard_dirs:
+        raise InputError("No shard folders given: pass the outputs of `simulate --shard k/N`.")
+    headers = [read_json(Path(d) / "geometry.json") for d in shard_dirs]
+    for header, folder in zip(headers, shard_dirs, strict=True):
+        if {k: v for k, v in header.items() if k != "shard"} != \
+                {k: v for k, v in headers[0].items() if k != "shard"}:
+            raise InputError(f"Shard '{folder}' was simulated with other settings than "
+                             f"'{shard_dirs[0]}': re-run it with the same config.")
+    with atomic_dir(Path(out_dir)) as tmp:
+        for split in SPLITS:
+            parts = [(json.loads((Path(d) / split / "slices.json").read_text()), Path(d) / split)
+                     for d in shard_dirs]
+            indices = sorted(i for selected, _ in parts for i in selected)
+            if indices != list(range(len(indices))):
+                raise InputError(f"Shards {[str(d) for d in shard_dirs]} do not cover every "
+                                 f"{split} slice exactly once: run the missing shards.")
+            (tmp / split).mkdir()
+            for name in ARRAYS:
+                first = load_array(parts[0][1], name)
+                merged = np.empty((len(indices), *first.shape[1:]), first.dtype)
+                for selected, folder in parts:
+                    merged[selected] = load_array(folder, name)
+                save_array(tmp / split, name, merged)
+            atomic_write_json(tmp / split / "slices.json", indices)
+        atomic_write_json(tmp / "geometry.json", {**headers[0], "shard": None})
     return Path(out_dir)
