@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast lint params clean
+.PHONY: setup run test test-fast lint params clean ablation
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,14 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
+
+# The prior ablation at 60 views (inputs from the pipeline; README gives its duration).
+ablation: setup
+	$(BIN)/dvc repro masks simulate@60
+	$(BIN)/sparsect params experiment=ablation --out artifacts/ablation/params.yaml
+	$(BIN)/sparsect ablation --params artifacts/ablation/params.yaml --views 60 \
+		--prepared artifacts/prepared --sim artifacts/sim/60 --masks artifacts/masks \
+		--work artifacts/ablation/60 --out reports/ablation.json
 
 # Recompose params.yaml after editing conf/ (a test checks they agree).
 params: setup

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--views", type=int, default=None)
+    p.add_argument("--models", default=None,
+                   help="comma-separated: unet, sg_unet, sg_threshold, sg_oracle "
+                        "(default: unet and the model of prior.variant)")
     _add_common(p)
 
     p = commands.add_parser("evaluate", help="test-split metrics and panels at one view count")
@@ -83,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=Path, required=True)
     p.add_argument("--models", type=Path, required=True)
     p.add_argument("--baselines", type=Path, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--views", type=int, default=None)
+    _add_common(p)
+
+    p = commands.add_parser("ablation", help="train and score every prior variant")
+    p.add_argument("--prepared", type=Path, required=True)
+    p.add_argument("--sim", type=Path, required=True)
+    p.add_argument("--masks", type=Path, required=True)
+    p.add_argument("--work", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--views", type=int, default=None)
     _add_common(p)
@@ -138,12 +150,18 @@ def run(args: argparse.Namespace) -> object:
     if args.command == "train":
         from sparsect.stages.train import train
 
-        return train(cfg, args.prepared, args.sim, args.masks, args.out, args.views)
+        models = tuple(args.models.split(",")) if args.models else None
+        return train(cfg, args.prepared, args.sim, args.masks, args.out, args.views, models)
     if args.command == "evaluate":
         from sparsect.stages.evaluate import evaluate
 
         return evaluate(cfg, args.prepared, args.sim, args.masks, args.models, args.out,
                         args.views, args.baselines)
+    if args.command == "ablation":
+        from sparsect.stages.ablation import ablation
+
+        return ablation(cfg, args.prepared, args.sim, args.masks, args.work, args.out,
+                        args.views)
     if args.command == "report":
         from sparsect.stages.evaluate import collect
 

@@ -15,9 +15,34 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sparsect.data.store import load_array
+from sparsect.data.store import load_array, read_json
 from sparsect.models.module import HU_SCALE
 from sparsect.priors.classes import NUM_TISSUE_CLASSES
+
+
+def neighbour_table(index: list[list], context: int) -> np.ndarray:
+    """``(N, context)`` slice indices of each slice's axial neighbours (2.5D input).
+
+    Neighbours never cross into another subject: at a volume's ends the edge
+    slice is repeated. ``context`` must be odd; 1 gives plain 2D input.
+
+    >>> neighbour_table([["a", 0], ["a", 1], ["b", 0]], 3).tolist()
+    [[0, 0, 1], [0, 1, 1], [2, 2, 2]]
+    """
+    if context < 1 or context % 2 == 0:
+        raise ValueError(f"model.context_slices must be odd and >= 1, got {context}")
+    half = context // 2
+    rows = {}
+    for row, (subject, z) in enumerate(index):
+        rows[(subject, int(z))] = row
+    table = np.empty((len(index), context), dtype=np.int64)
+    for row, (subject, z) in enumerate(index):
+        for offset in range(-half, half + 1):
+            neighbour = int(z) + offset
+            while (subject, neighbour) not in rows:
+                neighbour += 1 if offset < 0 else -1
+            table[row, offset + half] = rows[(subject, neighbour)]
+    return table
 
 
 class SliceDataset(Dataset):
@@ -33,11 +58,14 @@ class SliceDataset(Dataset):
         crop: train on random ``crop x crop`` patches (None: whole slices). The
             networks are fully convolutional, so patches cut the cost per step
             while inference still runs on whole slices.
+        neighbours: ``(N, k)`` from :func:`neighbour_table` for 2.5D input (k
+            FBP slices as channels; target and masks are the centre slice's).
     """
 
     def __init__(self, fbp_hu: np.ndarray, target_hu: np.ndarray, masks: np.ndarray,
                  prior_classes: np.ndarray | None = None, augment: bool = False,
-                 crop: int | None = None, seed: int = 0) -> None:
+                 crop: int | None = None, neighbours: np.ndarray | None = None,
+                 seed: int = 0) -> None:
         if not (len(fbp_hu) == len(target_hu) == len(masks)):
             raise ValueError(
                 f"slice counts differ: fbp {len(fbp_hu)}, target {len(target_hu)}, "
@@ -47,6 +75,7 @@ class SliceDataset(Dataset):
         self.prior_classes = prior_classes
         self.augment = augment
         self.crop = crop
+        self.neighbours = neighbours
         self.seed = seed
 
     def __len__(self) -> int:
@@ -60,10 +89,16 @@ class SliceDataset(Dataset):
         left = int(torch.randint(0, width - self.crop + 1, (1,)))
         return slice(top, top + self.crop), slice(left, left + self.crop)
 
+    def _fbp(self, index: int, rows: slice, cols: slice) -> np.ndarray:
+        if self.neighbours is None:
+            return np.asarray(self.fbp_hu[index, rows, cols], dtype=np.float32)[None]
+        return np.stack([np.asarray(self.fbp_hu[i, rows, cols], dtype=np.float32)
+                         for i in self.neighbours[index]])
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rows, cols = self._window()
         arrays = {
-            "fbp": np.asarray(self.fbp_hu[index, rows, cols], dtype=np.float32)[None] / HU_SCALE,
+            "fbp": self._fbp(index, rows, cols) / HU_SCALE,
             "target": np.asarray(self.target_hu[index, rows, cols], np.float32)[None] / HU_SCALE,
             "masks": np.asarray(self.masks[index, rows, cols], dtype=np.int64),
         }
@@ -87,8 +122,10 @@ class SplitPaths:
     masks: Path
 
 
-def load_split(paths: SplitPaths, prior: str) -> dict[str, np.ndarray | None]:
-    """Memory-maps one split's arrays; ``prior`` picks the prior-class array."""
+def load_split(paths: SplitPaths, prior: str, context: int = 1
+               ) -> dict[str, np.ndarray | None]:
+    """Memory-maps one split's arrays; ``prior`` picks the prior-class array and
+    ``context`` > 1 adds the 2.5D neighbour table."""
     arrays: dict[str, np.ndarray | None] = {
         "fbp_hu": load_array(paths.simulated, "fbp"),
         "target_hu": load_array(paths.prepared, "hu"),
@@ -99,6 +136,9 @@ def load_split(paths: SplitPaths, prior: str) -> dict[str, np.ndarray | None]:
         arrays["prior_classes"] = arrays["masks"]
     elif prior == "threshold":
         arrays["prior_classes"] = load_array(paths.simulated, "threshold_masks")
+    arrays["neighbours"] = None
+    if context > 1:
+        arrays["neighbours"] = neighbour_table(read_json(paths.prepared / "index.json"), context)
     return arrays
 
 
@@ -108,17 +148,17 @@ class SliceDataModule(pl.LightningDataModule):
 
     def __init__(self, train: SplitPaths, val: SplitPaths, prior: str, batch_size: int = 8,
                  num_workers: int = 0, augment: bool = True, crop: int | None = None,
-                 seed: int = 0) -> None:
+                 context: int = 1, seed: int = 0) -> None:
         super().__init__()
         self.paths = {"train": train, "val": val}
         self.prior, self.batch_size, self.num_workers = prior, batch_size, num_workers
-        self.augment, self.crop, self.seed = augment, crop, seed
+        self.augment, self.crop, self.context, self.seed = augment, crop, context, seed
         self.datasets: dict[str, SliceDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         for split, paths in self.paths.items():
             self.datasets[split] = SliceDataset(
-                **load_split(paths, self.prior),
+                **load_split(paths, self.prior, self.context),
                 augment=self.augment and split == "train",
                 crop=self.crop if split == "train" else None,
                 seed=self.seed,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from sparsect.evaluation.metrics import mean_dice, psnr_hu, ssim_hu
 from sparsect.models.losses import soft_dice_loss, ssim
-from sparsect.models.unet import build_model
+from sparsect.models.unet import build_model, count_parameters, matched_unet_channels
 
 HU_SCALE = 1000.0
 PRIOR_VARIANTS = ("none", "predicted", "threshold", "oracle")
@@ -36,8 +36,13 @@ class ReconModule(pl.LightningModule):
     Args:
         prior: one of ``PRIOR_VARIANTS``; ``none`` builds a UNet, the others an SGUNet.
         channels, depth, seg_channels: architecture (see :mod:`sparsect.models.unet`).
-        loss: weights ``l1``, ``ssim``, ``ce``, ``dice`` of the loss terms.
+        loss: weights ``l1``, ``ssim``, ``ce``, ``dice``, ``region`` of the loss terms.
+        region_weights: per tissue class weight of the region-weighted L1 term.
         hu_min, hu_max: window of the validation PSNR/SSIM (fixed data range).
+        match_params: widen the plain UNet (``prior=none``) to the parameter count
+            of the semantically-guided one, so comparisons are at equal capacity.
+        geometry, noise: the acquisition the model was trained for (recorded in
+            the checkpoint; inference checks it).
     """
 
     def __init__(self, prior: str = "predicted", channels: int = 16, depth: int = 4,
@@ -45,15 +50,26 @@ class ReconModule(pl.LightningModule):
                  lr: float = 2e-3, weight_decay: float = 1e-4,
                  loss: dict[str, float] | None = None, hu_min: float = -1000.0,
                  hu_max: float = 2000.0, hu_scale: float = HU_SCALE,
+                 match_params: bool = True,
+                 region_weights: tuple[float, ...] = (0.0, 1.0, 1.0, 2.0, 1.0),
                  geometry: dict[str, Any] | None = None,
                  noise: dict[str, Any] | None = None) -> None:
         super().__init__()
         if prior not in PRIOR_VARIANTS:
             raise ValueError(f"unknown prior '{prior}': choose one of {PRIOR_VARIANTS}")
         self.save_hyperparameters()
-        self.loss_weights = {"l1": 1.0, "ssim": 0.1, "ce": 0.2, "dice": 0.2, **(loss or {})}
-        arch = "unet" if prior == "none" else "sg_unet"
-        self.net = build_model(arch, channels, depth, seg_channels, in_channels, num_classes)
+        self.loss_weights = {"l1": 1.0, "ssim": 0.1, "ce": 0.2, "dice": 0.2, "region": 0.0,
+                             **(loss or {})}
+        if prior == "none":
+            if match_params:  # same capacity as the semantically-guided model
+                reference = build_model("sg_unet", channels, depth, seg_channels, in_channels,
+                                        num_classes)
+                channels = matched_unet_channels(count_parameters(reference), in_channels,
+                                                 depth, channels)
+            self.net = build_model("unet", channels, depth, in_channels=in_channels)
+        else:
+            arch = "sg_unet" if prior == "predicted" else "sg_unet_external"
+            self.net = build_model(arch, channels, depth, seg_channels, in_channels, num_classes)
 
     @property
     def uses_segmentation(self) -> bool:
@@ -83,6 +99,12 @@ class ReconModule(pl.LightningModule):
             # SSIM on the normalised images over the evaluation window's range
             data_range = (self.hparams.hu_max - self.hparams.hu_min) / self.hparams.hu_scale
             terms["ssim"] = 1 - ssim(recon, target, data_range=data_range)
+        if w.get("region", 0) > 0:
+            # |error| weighted per full-dose tissue class (e.g. favour soft tissue,
+            # where diagnostic contrast is low); a training-only use of the masks
+            weights = torch.as_tensor(self.hparams.region_weights, dtype=recon.dtype,
+                                      device=recon.device)[batch["masks"]].unsqueeze(1)
+            terms["region"] = (weights * (recon - target).abs()).mean()
         if logits is not None and self.hparams.prior == "predicted":
             terms["ce"] = F.cross_entropy(logits, batch["masks"])
             terms["dice"] = soft_dice_loss(logits, batch["masks"])
@@ -114,6 +136,11 @@ class ReconModule(pl.LightningModule):
         for name, value in metrics.items():
             self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=size, prog_bar=name == "psnr")
+
+    def on_fit_start(self) -> None:
+        # channels_last lets cuDNN pick its fastest (NHWC, tensor-core) convolutions
+        if self.device.type == "cuda":
+            self.to(memory_format=torch.channels_last)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,

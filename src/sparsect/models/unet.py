@@ -25,7 +25,11 @@ from torch import nn
 
 
 def _groups(channels: int) -> int:
-    return max(1, min(8, channels // 4))
+    """Largest group count <= 8 that divides ``channels`` with >= 2 channels a group."""
+    for groups in (8, 4, 2):
+        if channels % groups == 0 and channels // groups >= 2:
+            return groups
+    return 1
 
 
 class ConvBlock(nn.Module):
@@ -174,13 +178,18 @@ class SGUNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, channels: int = 16, depth: int = 4,
-                 num_classes: int = 5, seg_channels: int = 8) -> None:
+                 num_classes: int = 5, seg_channels: int = 8, predict_prior: bool = True
+                 ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.encoder = Encoder(in_channels, channels, depth)
-        self.seg_decoder = Decoder(self.encoder.widths, out_width=seg_channels)
-        self.seg_head = nn.Conv2d(self.seg_decoder.out_channels, num_classes, 1)
+        # Without a segmentation decoder the prior must always be supplied
+        # (threshold/oracle ablations): no dead parameters in the count.
+        self.seg_decoder = (Decoder(self.encoder.widths, out_width=seg_channels)
+                            if predict_prior else None)
+        self.seg_head = (nn.Conv2d(self.seg_decoder.out_channels, num_classes, 1)
+                         if predict_prior else None)
         self.decoder = Decoder(self.encoder.widths, prior_channels=num_classes)
         self.fuse = ConvBlock(self.decoder.out_channels + num_classes, self.decoder.out_channels)
         self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
@@ -190,19 +199,42 @@ class SGUNet(nn.Module):
     def forward(self, fbp: torch.Tensor, prior_probs: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.encoder(fbp)
-        seg_logits = self.seg_head(self.seg_decoder(features))
-        prior = seg_logits.softmax(dim=1) if prior_probs is None else prior_probs
+        seg_logits = None
+        if self.seg_decoder is not None:
+            seg_logits = self.seg_head(self.seg_decoder(features))
+        if prior_probs is None:
+            if seg_logits is None:
+                raise ValueError("this SGUNet has no segmentation decoder: pass prior_probs")
+            prior_probs = seg_logits.softmax(dim=1)
+        prior = prior_probs
         x = self.decoder(features, prior)
         x = self.fuse(torch.cat([x, prior], dim=1))
         centre = fbp[:, self.in_channels // 2 : self.in_channels // 2 + 1]
         return centre + self.head(x), seg_logits
 
 
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def matched_unet_channels(target: int, in_channels: int, depth: int, start: int) -> int:
+    """Smallest UNet width from ``start`` whose parameter count reaches ``target``
+    (ablations compare variants at comparable capacity)."""
+    channels = start
+    while count_parameters(UNet(in_channels, channels, depth)) < target and channels < 8 * start:
+        channels += 1
+    below = count_parameters(UNet(in_channels, channels - 1, depth))
+    above = count_parameters(UNet(in_channels, channels, depth))
+    return channels - 1 if channels > start and target - below < above - target else channels
+
+
 def build_model(name: str, channels: int, depth: int, seg_channels: int = 8,
                 in_channels: int = 1, num_classes: int = 5) -> nn.Module:
-    """Builds ``"unet"`` or ``"sg_unet"``."""
+    """Builds ``"unet"``, ``"sg_unet"`` (predicted prior) or ``"sg_unet_external"``
+    (conditioned on a supplied prior, no segmentation decoder)."""
     if name == "unet":
         return UNet(in_channels, channels, depth)
-    if name == "sg_unet":
-        return SGUNet(in_channels, channels, depth, num_classes, seg_channels)
-    raise ValueError(f"unknown model '{name}': choose 'unet' or 'sg_unet'")
+    if name in ("sg_unet", "sg_unet_external"):
+        return SGUNet(in_channels, channels, depth, num_classes, seg_channels,
+                      predict_prior=name == "sg_unet")
+    raise ValueError(f"unknown model '{name}': choose 'unet', 'sg_unet' or 'sg_unet_external'")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from sparsect.data.datamodule import neighbour_table
 from sparsect.data.store import atomic_dir, atomic_write_json, load_array, read_json
 from sparsect.evaluation.figures import panel
 from sparsect.evaluation.metrics import mean_dice, psnr_hu, rmse_hu, ssim_hu
@@ -24,13 +25,21 @@ BATCH = 16
 
 
 @torch.no_grad()
-def run_model(checkpoint: Path, fbp_hu: np.ndarray, prior_classes: np.ndarray | None
-              ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Runs a checkpoint on ``(N, H, W)`` FBP slices -> (HU images, predicted classes | None)."""
+def run_model(checkpoint: Path, fbp_hu: np.ndarray, prior_classes: np.ndarray | None,
+              index: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Runs a checkpoint on ``(N, H, W)`` FBP slices -> (HU images, predicted classes | None).
+
+    ``index`` (subject, z of every slice) is needed for 2.5D models."""
     module = load_module(checkpoint)
+    context = int(module.hparams.in_channels)
+    neighbours = None if context == 1 else neighbour_table(index, context)
     images, classes = [], []
     for start in range(0, len(fbp_hu), BATCH):
-        fbp = torch.from_numpy(np.asarray(fbp_hu[start:start + BATCH], np.float32))[:, None]
+        stop = min(start + BATCH, len(fbp_hu))
+        if neighbours is None:
+            fbp = torch.from_numpy(np.asarray(fbp_hu[start:stop], np.float32))[:, None]
+        else:
+            fbp = torch.from_numpy(np.asarray(fbp_hu, np.float32)[neighbours[start:stop]])
         prior = None
         if prior_classes is not None:
             prior = torch.from_numpy(one_hot(np.asarray(prior_classes[start:start + BATCH])))
@@ -77,7 +86,8 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
         prior_classes = {"oracle": true_masks,
                          "threshold": load_array(Path(sim_dir) / "test", "threshold_masks")
                          }.get(prior)
-        recon, classes = run_model(Path(models_dir) / info["checkpoint"], fbp, prior_classes)
+        recon, classes = run_model(Path(models_dir) / info["checkpoint"], fbp, prior_classes,
+                                   read_json(Path(prepared_dir) / "test" / "index.json"))
         images[name] = recon
         metrics[name] = image_metrics(recon, target, lo, hi)
         metrics[name]["prior"] = prior
