@@ -14,23 +14,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-TINY = [
-    "data.phantom.subjects=4",
-    "data.phantom.shape=[96,96,4]",
-    "data.phantom.spacing_mm=[4.0,4.0,5.0]",
-    "data.image_size=32",
-    "data.pixel_size_mm=12.0",
-    "sweep.views=[12,24]",
-    "model.channels=4",
-    "model.depth=3",
-    "model.seg_channels=4",
-    "trainer.max_epochs=2",
-    "trainer.batch_size=4",
-    "trainer.crop=16",
-    "evaluate.panel_slices=1",
-    "baselines.sirt.iterations=20",
-    "baselines.tv.iterations=20",
-]
+# The tiny configuration as a Hydra experiment, so that `dvc exp run -S ...` and
+# `sparsect train -m ...` compose exactly what `dvc repro` ran from params.yaml.
+TINY = """# @package _global_
+data:
+  phantom: {subjects: 4, shape: [96, 96, 4], spacing_mm: [4.0, 4.0, 5.0]}
+  image_size: 32
+  pixel_size_mm: 12.0
+sweep: {views: [12, 24]}
+model: {channels: 4, depth: 3, seg_channels: 4}
+trainer: {max_epochs: 2, batch_size: 4, crop: 16}
+evaluate: {panel_slices: 1}
+baselines: {sirt: {iterations: 20}, tv: {iterations: 20}}
+"""
 
 
 def sh(*args: str, cwd: Path, env: dict | None = None) -> str:
@@ -49,9 +45,11 @@ def tiny_repo(tmp_path_factory) -> Path:
     shutil.copy(ROOT / ".gitignore", repo)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    (repo / "conf" / "experiment" / "tiny.yaml").write_text(TINY)
     sh("git", "init", "-q", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo, env=env)
-    sh("sparsect", "params", *TINY, cwd=repo, env=env)
+    sh("dvc", "config", "hydra.enabled", "true", cwd=repo, env=env)
+    sh("sparsect", "params", "experiment=tiny", cwd=repo, env=env)
     sh("sparsect", "make-data", "--out", "data", cwd=repo, env=env)
     sh("dvc", "add", "-q", "data", cwd=repo, env=env)
     sh("dvc", "repro", cwd=repo, env=env)
@@ -90,3 +88,42 @@ def test_dvc_status_is_clean_and_mlflow_holds_one_run_per_model(tiny_repo):
         assert run.data.tags["git_commit"]
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
         assert artifacts == ["checkpoints/best.ckpt"]
+
+
+@pytest.mark.slow
+def test_hydra_multirun_over_view_counts(tiny_repo):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'sweep.db'}"}
+    sh("sparsect", "train", "-m", "experiment=tiny", "geometry.views=12,24",
+       "--sweep-dir", "sweep", cwd=tiny_repo, env=env)
+    for views in (12, 24):
+        job = tiny_repo / "sweep" / f"experiment=tiny,geometry.views={views}"
+        metrics = json.loads((job / "evaluation" / "metrics.json").read_text())
+        assert {"fbp", "unet", "sg_unet"} <= set(metrics)
+        assert json.loads((job / "sim" / "geometry.json").read_text())["geometry"]["views"] \
+            == views
+
+
+@pytest.mark.slow
+def test_dvc_queued_experiment_composes_conf_and_runs(tiny_repo):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'mlflow.db'}"}
+    sh("git", "add", "-A", cwd=tiny_repo)
+    sh("git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "tiny",
+       cwd=tiny_repo)
+    sh("dvc", "exp", "run", "--queue", "-S", "experiment=tiny", "-S", "trainer.max_epochs=1",
+       "--name", "one-epoch", cwd=tiny_repo, env=env)
+    sh("dvc", "queue", "start", cwd=tiny_repo, env=env)
+    import time
+
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = sh("dvc", "queue", "status", cwd=tiny_repo, env=env)
+        if "one-epoch" in status and ("Success" in status or "Failed" in status):
+            break
+        time.sleep(3)
+    assert "Success" in status, status + sh("dvc", "queue", "logs", "one-epoch", cwd=tiny_repo,
+                                            env=env)
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=tiny_repo, env=env))
+    text = json.dumps(shown)
+    assert "one-epoch" in text and '"max_epochs": 1' in text.replace("'", '"')

@@ -13,9 +13,9 @@ from sparsect.data.phantom import PhantomConfig, write_dataset
 from sparsect.data.store import load_array
 from sparsect.errors import InputError
 from sparsect.priors.masks import tissue_masks_from_hu
+from sparsect.stages.baselines import baselines
 from sparsect.stages.masks import masks
 from sparsect.stages.prepare import prepare
-from sparsect.stages.baselines import baselines
 from sparsect.stages.simulate import merge_shards, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,8 +109,8 @@ def test_shards_merge_into_the_unsharded_output(tiny):
 def test_iterative_baselines_beat_fbp_at_sparse_views(tiny):
     cfg, root = tiny
     cfg = load_params(ROOT / "params.yaml", [*TINY, "baselines.sirt.iterations=50",
-                                              "baselines.tv.iterations=60"])
-    simulate(cfg, root / "prepared", root / "sim_bl", views=24, workers=2)
+                                              "baselines.tv.iterations=100"])
+    simulate(cfg, root / "prepared", root / "sim_bl", views=12, workers=2)
     baselines(cfg, root / "sim_bl", root / "baselines", workers=2)
     reference = np.asarray(load_array(root / "prepared" / "test", "hu"))
     rmse = {name: float(np.sqrt(np.mean((np.asarray(image) - reference) ** 2)))

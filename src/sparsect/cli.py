@@ -69,11 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _add_common(p)
 
-    p = commands.add_parser("train", help="train unet and sg_unet at one view count")
-    p.add_argument("--prepared", type=Path, required=True)
-    p.add_argument("--sim", type=Path, required=True)
-    p.add_argument("--masks", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p = commands.add_parser(
+        "train", help="train unet and sg_unet at one view count (-m: Hydra multirun sweep)")
+    p.add_argument("-m", "--multirun", action="store_true",
+                   help="Hydra multirun over conf/ with sweep overrides, e.g. "
+                        "geometry.views=30,60,120 (simulate, train, evaluate per job)")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--sim", type=Path, default=None)
+    p.add_argument("--masks", type=Path, default=Path("artifacts/masks"))
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--sweep-dir", type=Path, default=Path("multirun"))
     p.add_argument("--views", type=int, default=None)
     p.add_argument("--models", default=None,
                    help="comma-separated: unet, sg_unet, sg_threshold, sg_oracle "
@@ -116,6 +121,10 @@ def run(args: argparse.Namespace) -> object:
         payload = compose(args.conf, args.overrides)
         atomic_write_bytes(args.out, to_yaml(payload).encode())
         return args.out
+    if args.command == "train" and args.multirun:
+        from sparsect.sweep import multirun
+
+        return multirun(args.overrides, args.prepared, args.masks, sweep_dir=args.sweep_dir)
     cfg = load_params(args.params, args.overrides)
     if args.command == "make-data":
         from sparsect.data.phantom import PhantomConfig, write_dataset
@@ -150,6 +159,8 @@ def run(args: argparse.Namespace) -> object:
     if args.command == "train":
         from sparsect.stages.train import train
 
+        if args.sim is None or args.out is None:
+            raise InputError("train needs --sim and --out (or -m for a Hydra sweep).")
         models = tuple(args.models.split(",")) if args.models else None
         return train(cfg, args.prepared, args.sim, args.masks, args.out, args.views, models)
     if args.command == "evaluate":

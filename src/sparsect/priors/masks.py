@@ -82,7 +82,10 @@ def tissue_masks_from_hu(hu: np.ndarray, min_component_pixels: int = 20) -> np.n
     3
     """
     if hu.ndim == 3:
-        return np.stack([tissue_masks_from_hu(s, min_component_pixels) for s in hu])
+        out = np.zeros(hu.shape, dtype=np.uint8)
+        for index, hu_slice in enumerate(hu):
+            out[index] = tissue_masks_from_hu(hu_slice, min_component_pixels)
+        return out
     if hu.ndim != 2:
         raise ValueError(f"hu must be (H, W) or (N, H, W), got shape {hu.shape}")
     body = body_mask(hu)
