@@ -81,15 +81,15 @@ def test_ddp_on_two_cpu_processes_matches_one_process(arrays):
 
 @pytest.mark.slow
 def test_killed_training_resumes_to_the_same_epoch_count_in_one_run(arrays):
-    command = train_command(arrays, "models_resume", "trainer.max_epochs=6")
+    epochs = 30  # enough that the kill below lands mid-way through the first model
+    command = train_command(arrays, "models_resume", f"trainer.max_epochs={epochs}")
     env = environment(arrays, "resume")
     work = arrays / ".models_resume.work" / "unet"
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not (work / "last.ckpt").is_file() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
+        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # a hard kill: no cleanup code runs
     process.wait()
     assert (work / "last.ckpt").is_file(), "training never wrote last.ckpt"
@@ -100,11 +100,12 @@ def test_killed_training_resumes_to_the_same_epoch_count_in_one_run(arrays):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((arrays / "models_resume" / "summary.json").read_text())
     assert summary["unet"]["resumed"] is True
-    assert summary["unet"]["epochs"] == summary["sg_unet"]["epochs"] == 6
+    assert summary["unet"]["epochs"] == summary["sg_unet"]["epochs"] == epochs
     names = sorted(r.info.run_name for r in runs(arrays, "resume"))
     assert names == ["sg_unet@16", "unet@16"]  # the resumed model kept its run
     unet_run = [r for r in runs(arrays, "resume") if r.info.run_name == "unet@16"][0]
     client = mlflow.MlflowClient(f"sqlite:///{arrays / 'resume'}.db")
-    epochs = [m.step for m in client.get_metric_history(unet_run.info.run_id, "val/psnr")]
-    assert len(epochs) >= 6
+    history = client.get_metric_history(unet_run.info.run_id, "val/psnr")
+    # every epoch's validation, before and after the kill, is in the one run
+    assert len({m.step for m in history}) >= epochs
     assert not (arrays / ".models_resume.work").exists()  # cleaned once complete

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
 class EpochSummary(pl.Callback):
@@ -28,3 +32,19 @@ class EpochSummary(pl.Callback):
         print(f"[{self.label}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} "
               f"{time.perf_counter() - self._start:.0f}s " + " ".join(parts), file=sys.stderr,
               flush=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it into place, so a
+    kill during a save leaves the previous ``last.ckpt`` intact and resumable."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -36,7 +36,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from sparsect.data.datamodule import SliceDataModule, SplitPaths
 from sparsect.data.store import atomic_dir, atomic_write_json
 from sparsect.errors import InputError
-from sparsect.models.callbacks import EpochSummary
+from sparsect.models.callbacks import AtomicCheckpointIO, EpochSummary
 from sparsect.models.module import ReconModule
 from sparsect.settings import geometry_from_cfg, noise_from_cfg
 from sparsect.tracking import flatten, provenance_tags, tracking_uri
@@ -78,8 +78,8 @@ def build_module(cfg: DictConfig, prior: str, views: int) -> ReconModule:
 
 def fingerprint(cfg: DictConfig, name: str, views: int) -> str:
     """Hash of everything that shapes a training run (resuming needs the same)."""
-    payload = {key: OmegaConf.to_container(cfg[key], resolve=True) if key in cfg else None
-               for key in TRAINING_KEYS}
+    everything = OmegaConf.to_container(cfg, resolve=True)
+    payload = {key: everything.get(key) for key in TRAINING_KEYS}
     # devices/strategy change how, not what, is trained: a run may resume on other hardware
     for key in ("devices", "strategy", "accelerator", "num_workers"):
         payload["trainer"].pop(key, None)
@@ -127,6 +127,7 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
         devices=cfg.trainer.devices, strategy=str(cfg.trainer.strategy),
         precision=str(cfg.trainer.precision), logger=logger,
         callbacks=[checkpoint, EpochSummary(f"{name}@{views}")],
+        plugins=[AtomicCheckpointIO()],
         enable_model_summary=False, enable_progress_bar=sys.stderr.isatty(),
         log_every_n_steps=10, deterministic=True,
     )
