@@ -71,3 +71,22 @@ def block_volume() -> np.ndarray:
     volume[8:32, 6:26, :] = 40.0
     volume[18:22, 14:18, :] = 1000.0
     return volume
+
+
+def build_tiny_inputs(root: Path, overrides: list[str], subjects: int, slices: int,
+                      seed: int):
+    """Writes tiny phantoms into ``root/data`` and runs prepare and masks on them.
+
+    Returns the config (``params.yaml`` plus ``overrides``) the stages ran with.
+    """
+    from sparsect.config import load_params
+    from sparsect.data.phantom import PhantomConfig, write_dataset
+    from sparsect.stages.masks import masks
+    from sparsect.stages.prepare import prepare
+
+    write_dataset(root / "data", subjects=subjects, seed=seed,
+                  config=PhantomConfig(shape=(96, 96, slices), spacing_mm=(4.0, 4.0, 5.0)))
+    cfg = load_params(Path(__file__).resolve().parents[1] / "params.yaml", overrides)
+    prepare(cfg, root / "data", root / "prepared")
+    masks(cfg, root / "prepared", root / "masks")
+    return cfg

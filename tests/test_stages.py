@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import build_tiny_inputs
 from sparsect.config import load_params
-from sparsect.data.phantom import PhantomConfig, write_dataset
 from sparsect.data.store import load_array
 from sparsect.errors import InputError
 from sparsect.priors.masks import tissue_masks_from_hu
 from sparsect.stages.baselines import baselines
-from sparsect.stages.masks import masks
 from sparsect.stages.prepare import prepare
 from sparsect.stages.simulate import merge_shards, simulate
 
@@ -25,11 +24,7 @@ TINY = ["data.image_size=48", "data.pixel_size_mm=8.0", "noise.i0=1e5"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
-    write_dataset(root / "data", subjects=5, seed=7,
-                  config=PhantomConfig(shape=(96, 96, 3), spacing_mm=(4.0, 4.0, 5.0)))
-    cfg = load_params(ROOT / "params.yaml", TINY)
-    prepare(cfg, root / "data", root / "prepared")
-    masks(cfg, root / "prepared", root / "masks")
+    cfg = build_tiny_inputs(root, TINY, subjects=5, slices=3, seed=7)
     return cfg, root
 
 

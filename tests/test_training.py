@@ -13,10 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from sparsect.config import load_params
-from sparsect.data.phantom import PhantomConfig, write_dataset
-from sparsect.stages.masks import masks
-from sparsect.stages.prepare import prepare
+from conftest import build_tiny_inputs
 from sparsect.stages.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,11 +26,7 @@ TINY = ["data.image_size=32", "data.pixel_size_mm=12.0", "model.channels=4", "mo
 @pytest.fixture(scope="module")
 def arrays(tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
-    write_dataset(root / "data", subjects=4, seed=3,
-                  config=PhantomConfig(shape=(96, 96, 6), spacing_mm=(4.0, 4.0, 5.0)))
-    cfg = load_params(ROOT / "params.yaml", TINY)
-    prepare(cfg, root / "data", root / "prepared")
-    masks(cfg, root / "prepared", root / "masks")
+    cfg = build_tiny_inputs(root, TINY, subjects=4, slices=6, seed=3)
     simulate(cfg, root / "prepared", root / "sim", views=16, workers=1)
     return root
 

@@ -22,9 +22,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _add_paths(parser: argparse.ArgumentParser, *names: str, required: bool = True) -> None:
+    """Stage input/output folders, named as in dvc.yaml."""
+    for name in names:
+        parser.add_argument(f"--{name}", type=Path, required=required)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sparsect", description=__doc__.splitlines()[0],
+        prog="sparsect", description="sparse-view CT: simulate, train, evaluate, register.",
         epilog="Config overrides are given as key=value after the command.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -45,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = commands.add_parser("simulate", help="sparse-view sinograms and FBP")
-    p.add_argument("--prepared", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    _add_paths(p, "prepared", "out")
     p.add_argument("--views", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--shard", default=None, metavar="K/N",
@@ -59,14 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = commands.add_parser("baselines", help="SIRT and TV reconstructions of the test split")
-    p.add_argument("--sim", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    _add_paths(p, "sim", "out")
     p.add_argument("--workers", type=int, default=None)
     _add_common(p)
 
     p = commands.add_parser("masks", help="tissue-class masks of the full-dose slices")
-    p.add_argument("--prepared", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    _add_paths(p, "prepared", "out")
     _add_common(p)
 
     p = commands.add_parser(
@@ -86,21 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = commands.add_parser("evaluate", help="test-split metrics and panels at one view count")
-    p.add_argument("--prepared", type=Path, required=True)
-    p.add_argument("--sim", type=Path, required=True)
-    p.add_argument("--masks", type=Path, required=True)
-    p.add_argument("--models", type=Path, required=True)
+    _add_paths(p, "prepared", "sim", "masks", "models")
     p.add_argument("--baselines", type=Path, default=None)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--views", type=int, default=None)
     _add_common(p)
 
     p = commands.add_parser("ablation", help="train and score every prior variant")
-    p.add_argument("--prepared", type=Path, required=True)
-    p.add_argument("--sim", type=Path, required=True)
-    p.add_argument("--masks", type=Path, required=True)
-    p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    _add_paths(p, "prepared", "sim", "masks", "work", "out")
     p.add_argument("--views", type=int, default=None)
     _add_common(p)
 
