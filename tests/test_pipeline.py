@@ -91,6 +91,24 @@ def test_dvc_status_is_clean_and_mlflow_holds_one_run_per_model(tiny_repo):
 
 
 @pytest.mark.slow
+def test_promote_stage_names_a_champion_per_view_count(tiny_repo):
+    promotion = json.loads((tiny_repo / "reports" / "promotion.json").read_text())
+    names = {d["name"] for d in promotion["decisions"]}
+    assert names == {f"sparsect-parallel-{v}v-{m}" for v in (12, 24) for m in ("unet", "sg_unet")}
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
+    for name in names:
+        assert client.get_model_version_by_alias(name, "champion").version == "1"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'mlflow.db'}"}
+    sh("sparsect", "promote", cwd=tiny_repo, env=env)  # a second promote changes nothing
+    for name in names:
+        assert client.get_model_version_by_alias(name, "champion").version == "1"
+        assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+
+@pytest.mark.slow
 def test_hydra_multirun_over_view_counts(tiny_repo):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'sweep.db'}"}

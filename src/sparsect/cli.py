@@ -100,6 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=int, default=None)
     _add_common(p)
 
+    p = commands.add_parser("promote", help="register models and move the champion alias")
+    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
+    p.add_argument("--models", type=Path, default=Path("artifacts/models"))
+    p.add_argument("--evaluations", type=Path, default=Path("reports/views"))
+    p.add_argument("--out", type=Path, default=Path("reports/promotion.json"))
+    _add_common(p)
+
+    p = commands.add_parser("reconstruct", help="reconstruct a scan or sinogram with a model")
+    p.add_argument("input", type=Path, help="CT volume/slice, DICOM series, sinogram .npy, "
+                                            "or a folder of them")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output .nii.gz (a folder when INPUT is a folder)")
+    p.add_argument("--views", type=int, default=None)
+    p.add_argument("--model", default=None,
+                   help="models:/NAME@champion (default: the sg_unet champion for --views), "
+                        "runs:/ID/model, or a checkpoint path")
+    p.add_argument("--method", default="model", choices=["model", "fbp", "sirt"])
+    p.add_argument("--save-reference", action="store_true",
+                   help="also write the input on the model grid as <output stem>_reference")
+    _add_common(p)
+
     p = commands.add_parser("report", help="merge per-view metrics into one file")
     p.add_argument("--evaluations", type=Path, required=True,
                    help="folder with one sub-folder per view count")
@@ -169,6 +190,23 @@ def run(args: argparse.Namespace) -> object:
 
         return ablation(cfg, args.prepared, args.sim, args.masks, args.work, args.out,
                         args.views)
+    if args.command == "promote":
+        from sparsect.stages.promote import promote_all
+
+        return promote_all(cfg, args.prepared, args.models, args.evaluations, args.out)
+    if args.command == "reconstruct":
+        import mlflow
+
+        from sparsect.inference import run as reconstruct_run
+        from sparsect.registry import model_name, resolve_model_uri
+        from sparsect.settings import geometry_from_cfg
+        from sparsect.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        uri = args.model or "models:/{}@champion".format(model_name(
+            geometry_from_cfg(cfg, args.views).to_dict(), "sg_unet"))
+        return reconstruct_run(args.input, args.output, resolve_model_uri(uri), args.method,
+                               args.views, args.save_reference, str(cfg.physics.device))
     if args.command == "report":
         from sparsect.stages.evaluate import collect
 

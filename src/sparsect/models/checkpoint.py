@@ -37,6 +37,12 @@ def load_module(path: Path, map_location: str | torch.device = "cpu") -> ReconMo
             f"Checkpoint '{path}' is not a sparsect checkpoint: "
             "use one written by `sparsect train`."
         )
-    module = ReconModule(**dict(payload["hyper_parameters"]))
-    module.load_state_dict(payload["state_dict"])
+    try:
+        module = ReconModule(**dict(payload["hyper_parameters"]))
+        module.load_state_dict(payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise InputError(
+            f"Checkpoint '{path}' does not match this version's models "
+            f"({str(error).splitlines()[0]}): retrain it with this version."
+        ) from None
     return module.eval()

@@ -1,0 +1,198 @@
+"""MLflow model registry: register trained models, promote a champion.
+
+One registered model per geometry, view count and architecture, named
+``sparsect-<beam>-<views>v-<model>`` (e.g. ``sparsect-parallel-60v-sg_unet``).
+Each version is a pyfunc model holding the checkpoint, loadable with
+``mlflow.pyfunc.load_model("models:/NAME@champion")``; its tags carry what is
+needed to rebuild and judge it: geometry, noise, intensity normalisation,
+training-data hash, git commit, the hash of the frozen test set and the test
+metrics.
+
+Promotion moves the alias ``champion`` to a candidate only when it beats the
+current champion on the *same* test set by at least ``registry.margin_db``
+PSNR; ties and regressions keep the champion, and the reason is written on the
+candidate version. A version is identified by its checkpoint's hash, so
+registering the same checkpoint again reuses its version: promote is
+idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from sparsect.errors import InputError
+from sparsect.tracking import provenance_tags, tracking_uri
+
+ALIAS = "champion"
+DEPLOYABLE = ("unet", "sg_unet", "sg_threshold")  # never the oracle: it needs full-dose masks
+
+try:  # the pyfunc wrapper needs mlflow; the rest of the package does not
+    import mlflow.pyfunc
+
+    _PythonModel = mlflow.pyfunc.PythonModel
+except ImportError:  # pragma: no cover - mlflow is a dependency of the pipeline
+    _PythonModel = object
+
+
+def model_name(geometry: dict[str, Any], model: str) -> str:
+    return f"sparsect-{geometry['beam']}-{geometry['views']}v-{model}"
+
+
+def sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_set_hash(prepared_dir: Path) -> str:
+    """Identity of the frozen test set: its reference slices and their index."""
+    test = Path(prepared_dir) / "test"
+    return hashlib.sha256((sha256(test / "hu.npy") + sha256(test / "index.json")).encode()
+                          ).hexdigest()[:16]
+
+
+class ReconstructionModel(_PythonModel):
+    """pyfunc wrapper: ``predict(fbp_hu (B, C, H, W) float32)`` -> HU ``(B, 1, H, W)``."""
+
+    def load_context(self, context: Any) -> None:
+        from sparsect.models.checkpoint import load_module
+
+        self.module = load_module(Path(context.artifacts["checkpoint"]))
+
+    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> np.ndarray:
+        import torch
+
+        from sparsect.priors.masks import one_hot, tissue_masks_from_hu
+
+        fbp = np.asarray(model_input, dtype=np.float32)
+        if fbp.ndim == 3:
+            fbp = fbp[:, None]
+        prior = None
+        if self.module.hparams.prior == "threshold":  # classical prior, from the FBP itself
+            centre = fbp[:, fbp.shape[1] // 2]
+            prior = torch.from_numpy(one_hot(tissue_masks_from_hu(centre)))
+        with torch.no_grad():
+            recon, _ = self.module.reconstruct_hu(torch.from_numpy(fbp), prior)
+        return recon.numpy()
+
+
+def _client(cfg: DictConfig):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    return mlflow.MlflowClient()
+
+
+def _find_version(client, name: str, checkpoint_hash: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    for version in versions:
+        if version.tags.get("checkpoint_sha256") == checkpoint_hash:
+            return version
+    return None
+
+
+def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
+             metrics: dict[str, Any], test_hash: str):
+    """Registers ``checkpoint`` (or finds its existing version); returns the version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from sparsect.models.checkpoint import load_module
+
+    client = _client(cfg)
+    module = load_module(checkpoint)
+    geometry, noise = dict(module.hparams.geometry), dict(module.hparams.noise)
+    name = model_name(geometry, model)
+    checkpoint_hash = sha256(checkpoint)
+    existing = _find_version(client, name, checkpoint_hash)
+    if existing is not None:
+        return existing
+    size = int(geometry["image_size"])
+    example = np.zeros((1, int(module.hparams.in_channels), size, size), np.float32)
+    example[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
+    signature = infer_signature(example, np.zeros((1, 1, size, size), np.float32))
+    with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(
+            run_name=f"register {name}"):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=ReconstructionModel(),
+            artifacts={"checkpoint": str(checkpoint)}, input_example=example,
+            signature=signature,
+        )
+    tags = {
+        **provenance_tags(),
+        "checkpoint_sha256": checkpoint_hash,
+        "test_set": test_hash,
+        "model": model,
+        "prior": str(module.hparams.prior),
+        "geometry": json.dumps(geometry, sort_keys=True),
+        "noise": json.dumps(noise, sort_keys=True),
+        "intensity": f"network units = HU / {module.hparams.hu_scale}",
+        **{f"test_{key}": f"{value:.6f}" for key, value in metrics.items()
+           if isinstance(value, float)},
+    }
+    return mlflow.register_model(info.model_uri, name, tags=tags)
+
+
+def promote(cfg: DictConfig, version, margin_db: float) -> dict[str, Any]:
+    """Moves the champion alias to ``version`` if it wins; records why either way."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(cfg)
+    name = version.name
+    try:
+        champion = client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException:
+        champion = None
+    candidate_psnr = float(version.tags["test_psnr"])
+    if champion is None:
+        decision, reason = True, f"first model: test PSNR {candidate_psnr:.2f} dB"
+    elif champion.version == version.version:
+        return {"name": name, "champion": version.version, "changed": False,
+                "reason": "candidate is already the champion"}
+    elif champion.tags.get("test_set") != version.tags["test_set"]:
+        decision, reason = False, (
+            f"kept v{champion.version}: test sets differ "
+            f"({champion.tags.get('test_set')} vs {version.tags['test_set']}), not comparable")
+    else:
+        champion_psnr = float(champion.tags["test_psnr"])
+        decision = candidate_psnr >= champion_psnr + margin_db
+        verb = "beats" if decision else "does not beat"
+        reason = (f"test PSNR {candidate_psnr:.2f} dB {verb} champion v{champion.version} "
+                  f"({champion_psnr:.2f} dB) by the margin of {margin_db} dB")
+    client.set_model_version_tag(name, version.version, "promotion", reason)
+    if decision:
+        client.set_registered_model_alias(name, ALIAS, version.version)
+    current = version.version if decision else champion.version
+    return {"name": name, "champion": current, "changed": decision, "reason": reason}
+
+
+def resolve_model_uri(uri: str):
+    """``models:/...``, ``runs:/...`` or a checkpoint path -> a loaded ReconModule."""
+    if uri.startswith(("models:/", "runs:/")):
+        import mlflow.pyfunc
+        from mlflow.exceptions import MlflowException
+
+        try:
+            loaded = mlflow.pyfunc.load_model(uri)
+        except MlflowException as error:
+            raise InputError(
+                f"Model '{uri}' cannot be loaded from the registry ({str(error).splitlines()[0]}): "
+                "check the name and alias with `mlflow models` or run `sparsect promote`."
+            ) from None
+        return loaded.unwrap_python_model().module
+    from sparsect.models.checkpoint import load_module
+
+    return load_module(Path(uri))

@@ -1,0 +1,167 @@
+"""Registry promotion and `sparsect reconstruct`, against sqlite and a real `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import build_tiny_inputs, write_dicom_series
+from sparsect.config import load_params
+from sparsect.errors import InputError
+from sparsect.registry import ALIAS, promote, register, resolve_model_uri
+from sparsect.stages.simulate import simulate
+from sparsect.stages.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = ["data.image_size=32", "data.pixel_size_mm=12.0", "model.channels=4", "model.depth=3",
+        "model.seg_channels=4", "trainer.batch_size=4", "trainer.crop=null",
+        "trainer.max_epochs=2", "trainer.accelerator=cpu"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two tiny trainings of sg_unet (different seeds: two different checkpoints)."""
+    root = tmp_path_factory.mktemp("registry")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'train.db'}"
+    try:
+        cfg = build_tiny_inputs(root, TINY, subjects=4, slices=4, seed=5)
+        simulate(cfg, root / "prepared", root / "sim", views=16, workers=1)
+        for seed in (0, 1):
+            train(load_params(ROOT / "params.yaml", [*TINY, f"seed={seed}"]), root / "prepared",
+                  root / "sim", root / "masks", root / f"models{seed}", 16, ("sg_unet",))
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    return cfg, root
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def tracking(request, tmp_path):
+    """A tracking URI: an sqlite store, or a real `mlflow server` process on localhost."""
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'registry.db'}"
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        yield uri
+    else:
+        port = free_port()
+        server = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        yield uri
+        server.terminate()
+        server.wait(timeout=30)
+    del os.environ["MLFLOW_TRACKING_URI"]
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_first_model_is_champion_and_promotion_is_idempotent(trained, tracking):
+    cfg, root = trained
+    checkpoint = root / "models0" / "sg_unet.ckpt"
+    version = register(cfg, "sg_unet", checkpoint, None, {"psnr": 30.0, "ssim": 0.9}, "T1")
+    first = promote(cfg, version, margin_db=0.05)
+    assert first["changed"] and first["champion"] == version.version
+    again = register(cfg, "sg_unet", checkpoint, None, {"psnr": 30.0, "ssim": 0.9}, "T1")
+    assert again.version == version.version  # same checkpoint, same version
+    assert promote(cfg, again, 0.05)["changed"] is False
+
+    # a different checkpoint that only ties is not promoted, and says why
+    other = root / "models1" / "sg_unet.ckpt"
+    tie = register(cfg, "sg_unet", other, None, {"psnr": 30.01, "ssim": 0.9}, "T1")
+    decision = promote(cfg, tie, 0.05)
+    assert decision["changed"] is False and decision["champion"] == version.version
+    client = mlflow.MlflowClient()
+    assert "does not beat" in client.get_model_version(tie.name, tie.version).tags["promotion"]
+    assert client.get_model_version_by_alias(tie.name, ALIAS).version == version.version
+
+    # the champion loads through pyfunc and predicts on an FBP batch
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}@{ALIAS}")
+    fbp = np.zeros((2, 1, 32, 32), np.float32)
+    assert model.predict(fbp).shape == (2, 1, 32, 32)
+    tags = client.get_model_version(version.name, version.version).tags
+    assert json.loads(tags["geometry"])["views"] == 16
+    assert {"noise", "data_dvc_md5", "git_commit", "test_psnr", "test_set"} <= set(tags)
+
+
+@pytest.mark.slow
+def test_better_model_on_the_same_test_set_is_promoted(trained, tracking):
+    cfg, root = trained
+    base = register(cfg, "sg_unet", root / "models0" / "sg_unet.ckpt", None, {"psnr": 30.0},
+                    "T1")
+    promote(cfg, base, 0.05)
+    elsewhere = register(cfg, "sg_unet", root / "models1" / "sg_unet.ckpt", None,
+                         {"psnr": 35.0}, "OTHER")
+    assert promote(cfg, elsewhere, 0.05)["changed"] is False  # other test set: not comparable
+
+
+@pytest.mark.slow
+def test_reconstruct_a_volume_and_a_dicom_slice(trained, tmp_path):
+    cfg, root = trained
+    checkpoint = str(root / "models0" / "sg_unet.ckpt")
+    scan = sorted((root / "data").glob("subject_000.nii.gz"))[0]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+    def reconstruct(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "sparsect"), "reconstruct", *args, "--params",
+                               str(ROOT / "params.yaml")], env=env, capture_output=True,
+                              text=True, timeout=300, check=False)
+
+    done = reconstruct(str(scan), "-o", str(tmp_path / "recon.nii.gz"), "--model", checkpoint,
+                       "--save-reference")
+    assert done.returncode == 0, done.stderr[-2000:]
+    recon = nib.load(tmp_path / "recon.nii.gz")
+    reference = nib.load(tmp_path / "recon_reference.nii.gz")
+    assert recon.shape == reference.shape == (32, 32, 4)
+    assert np.allclose(np.diag(recon.affine)[:2], [12.0, 12.0])  # the model's grid, in mm
+    assert np.allclose(recon.affine, reference.affine)
+    error = np.abs(recon.get_fdata() - reference.get_fdata()).mean()
+    assert error < 200, error  # a reconstruction of that scan, not noise
+
+    hu = np.asarray(reference.get_fdata())
+    write_dicom_series(tmp_path / "dicom", hu[:, :, 1:2], spacing=(12.0, 12.0, 5.0))
+    done = reconstruct(str(tmp_path / "dicom" / "slice_000.dcm"), "-o",
+                       str(tmp_path / "slice.nii.gz"), "--model", checkpoint)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert nib.load(tmp_path / "slice.nii.gz").shape == (32, 32, 1)
+
+    wrong = reconstruct(str(scan), "-o", str(tmp_path / "x.nii.gz"), "--model", checkpoint,
+                        "--views", "60")
+    assert wrong.returncode == 2 and "does not match the model" in wrong.stderr
+
+
+def test_missing_checkpoint_or_registry_model_is_explained(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        resolve_model_uri(str(tmp_path / "nope.ckpt"))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        with pytest.raises(InputError, match="cannot be loaded from the registry"):
+            resolve_model_uri("models:/sparsect-parallel-60v-sg_unet@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
