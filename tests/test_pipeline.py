@@ -61,14 +61,30 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
     metrics = json.loads((tiny_repo / "reports" / "metrics.json").read_text())
     assert set(metrics) == {"12", "24"}
     for per_method in metrics.values():
-        assert set(per_method) == {"fbp", "sirt", "tv", "unet", "sg_unet"}
-        for values in per_method.values():
-            assert {"psnr", "ssim", "rmse_hu"} <= set(values)
+        methods = {m for m in per_method if not m.startswith("_")}
+        assert methods == {"fbp", "sirt", "tv", "unet", "sg_unet"}
+        for method in methods:
+            values = per_method[method]
+            assert {"psnr", "ssim", "rmse_hu", "residual", "ci95", "ci95_by_subject",
+                    "by_subject", "regions"} <= set(values)
+            lo, hi = values["ci95"]["psnr"]
+            assert lo <= values["psnr"] <= hi
+            assert set(values["regions"]) == {"lung", "soft_tissue", "bone", "body"}
         assert 0 <= per_method["sg_unet"]["dice"] <= 1
+        assert per_method["_reference"]["residual"] > 0
     # more views -> less streaking in the FBP (the physics is doing something)
     assert metrics["24"]["fbp"]["psnr"] > metrics["12"]["fbp"]["psnr"]
     for views in ("12", "24"):
-        assert (tiny_repo / "reports" / "views" / views / "panel.png").stat().st_size > 10_000
+        for figure in ("panel.png", "residuals.png"):
+            assert (tiny_repo / "reports" / "views" / views / figure).stat().st_size > 10_000
+    report = (tiny_repo / "reports" / "report.md").read_text()
+    assert "## 12 views" in report and "## 24 views" in report and "residual" in report
+    psnr_csv = (tiny_repo / "reports" / "plots" / "psnr.csv").read_text().splitlines()
+    assert psnr_csv[0].split(",")[0] == "views" and len(psnr_csv) == 3
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    shown = json.loads(sh("dvc", "plots", "show", "--json", cwd=tiny_repo, env=env))
+    assert shown, "dvc plots show rendered nothing"
+    assert "psnr" in sh("dvc", "metrics", "show", cwd=tiny_repo, env=env)
 
 
 @pytest.mark.slow

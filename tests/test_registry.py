@@ -85,16 +85,16 @@ def tracking(request, tmp_path):
 def test_first_model_is_champion_and_promotion_is_idempotent(trained, tracking):
     cfg, root = trained
     checkpoint = root / "models0" / "sg_unet.ckpt"
-    version = register(cfg, "sg_unet", checkpoint, None, {"psnr": 30.0, "ssim": 0.9}, "T1")
+    version = register(cfg, "sg_unet", checkpoint, None, 30.0, "V1", {"psnr": 29.0})
     first = promote(cfg, version, margin_db=0.05)
     assert first["changed"] and first["champion"] == version.version
-    again = register(cfg, "sg_unet", checkpoint, None, {"psnr": 30.0, "ssim": 0.9}, "T1")
+    again = register(cfg, "sg_unet", checkpoint, None, 30.0, "V1", {"psnr": 29.0})
     assert again.version == version.version  # same checkpoint, same version
     assert promote(cfg, again, 0.05)["changed"] is False
 
     # a different checkpoint that only ties is not promoted, and says why
     other = root / "models1" / "sg_unet.ckpt"
-    tie = register(cfg, "sg_unet", other, None, {"psnr": 30.01, "ssim": 0.9}, "T1")
+    tie = register(cfg, "sg_unet", other, None, 30.01, "V1", {"psnr": 35.0})
     decision = promote(cfg, tie, 0.05)
     assert decision["changed"] is False and decision["champion"] == version.version
     client = mlflow.MlflowClient()
@@ -107,18 +107,17 @@ def test_first_model_is_champion_and_promotion_is_idempotent(trained, tracking):
     assert model.predict(fbp).shape == (2, 1, 32, 32)
     tags = client.get_model_version(version.name, version.version).tags
     assert json.loads(tags["geometry"])["views"] == 16
-    assert {"noise", "data_dvc_md5", "git_commit", "test_psnr", "test_set"} <= set(tags)
+    assert {"noise", "data_dvc_md5", "git_commit", "test_psnr", "selection_set"} <= set(tags)
 
 
 @pytest.mark.slow
-def test_better_model_on_the_same_test_set_is_promoted(trained, tracking):
+def test_only_a_model_better_on_the_same_selection_set_is_promoted(trained, tracking):
     cfg, root = trained
-    base = register(cfg, "sg_unet", root / "models0" / "sg_unet.ckpt", None, {"psnr": 30.0},
-                    "T1")
+    base = register(cfg, "sg_unet", root / "models0" / "sg_unet.ckpt", None, 30.0, "V1", {})
     promote(cfg, base, 0.05)
-    elsewhere = register(cfg, "sg_unet", root / "models1" / "sg_unet.ckpt", None,
-                         {"psnr": 35.0}, "OTHER")
-    assert promote(cfg, elsewhere, 0.05)["changed"] is False  # other test set: not comparable
+    elsewhere = register(cfg, "sg_unet", root / "models1" / "sg_unet.ckpt", None, 35.0,
+                         "OTHER", {})
+    assert promote(cfg, elsewhere, 0.05)["changed"] is False  # other val set: not comparable
 
 
 @pytest.mark.slow
@@ -165,3 +164,18 @@ def test_missing_checkpoint_or_registry_model_is_explained(tmp_path):
             resolve_model_uri("models:/sparsect-parallel-60v-sg_unet@champion")
     finally:
         mlflow.set_tracking_uri(None)
+
+
+
+@pytest.mark.slow
+def test_a_clearly_better_candidate_takes_the_alias(trained, tracking):
+    cfg, root = trained
+    base = register(cfg, "sg_unet", root / "models0" / "sg_unet.ckpt", None, 30.0, "V1", {})
+    promote(cfg, base, 0.05)
+    # better on validation, worse on test: promotion follows validation only (no leakage)
+    better = register(cfg, "sg_unet", root / "models1" / "sg_unet.ckpt", None, 30.5, "V1",
+                      {"psnr": 10.0})
+    decision = promote(cfg, better, 0.05)
+    assert decision["changed"] and decision["champion"] == better.version
+    assert mlflow.MlflowClient().get_model_version_by_alias(better.name, ALIAS).version == \
+        better.version

@@ -121,10 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the input on the model grid as <output stem>_reference")
     _add_common(p)
 
-    p = commands.add_parser("report", help="merge per-view metrics into one file")
+    p = commands.add_parser("report", help="merged metrics, plot CSVs and report.md")
     p.add_argument("--evaluations", type=Path, required=True,
                    help="folder with one sub-folder per view count")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="report folder (e.g. reports)")
     _add_common(p)
     return parser
 
@@ -208,11 +208,11 @@ def run(args: argparse.Namespace) -> object:
         return reconstruct_run(args.input, args.output, resolve_model_uri(uri), args.method,
                                args.views, args.save_reference, str(cfg.physics.device))
     if args.command == "report":
-        from sparsect.stages.evaluate import collect
+        from sparsect.evaluation.report import write_report
 
         folders = {int(p.name): p for p in sorted(args.evaluations.iterdir())
                    if p.is_dir() and p.name.isdigit() and int(p.name) in cfg.sweep.views}
-        return collect(folders, args.out)
+        return write_report(folders, args.out)
     raise AssertionError(args.command)
 
 

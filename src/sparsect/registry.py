@@ -9,9 +9,12 @@ training-data hash, git commit, the hash of the frozen test set and the test
 metrics.
 
 Promotion moves the alias ``champion`` to a candidate only when it beats the
-current champion on the *same* test set by at least ``registry.margin_db``
-PSNR; ties and regressions keep the champion, and the reason is written on the
-candidate version. A version is identified by its checkpoint's hash, so
+current champion on the *same* frozen selection set by at least
+``registry.margin_db`` PSNR; ties and regressions keep the champion, and the
+reason is written on the candidate version. The selection set is the
+validation split, not the test split: choosing the champion by its test score
+would make the reported test numbers optimistic (test metrics are recorded on
+the version for information only). A version is identified by its checkpoint's hash, so
 registering the same checkpoint again reuses its version: promote is
 idempotent.
 """
@@ -52,10 +55,10 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def test_set_hash(prepared_dir: Path) -> str:
-    """Identity of the frozen test set: its reference slices and their index."""
-    test = Path(prepared_dir) / "test"
-    return hashlib.sha256((sha256(test / "hu.npy") + sha256(test / "index.json")).encode()
+def split_hash(prepared_dir: Path, split: str) -> str:
+    """Identity of a frozen split: its reference slices and their index."""
+    folder = Path(prepared_dir) / split
+    return hashlib.sha256((sha256(folder / "hu.npy") + sha256(folder / "index.json")).encode()
                           ).hexdigest()[:16]
 
 
@@ -105,8 +108,11 @@ def _find_version(client, name: str, checkpoint_hash: str):
 
 
 def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
-             metrics: dict[str, Any], test_hash: str):
-    """Registers ``checkpoint`` (or finds its existing version); returns the version."""
+             selection_psnr: float, selection_set: str, test_metrics: dict[str, Any]):
+    """Registers ``checkpoint`` (or finds its existing version); returns the version.
+
+    ``selection_psnr`` is the validation PSNR promotion compares, on the split
+    identified by ``selection_set``; ``test_metrics`` are recorded, never compared."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -134,13 +140,14 @@ def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
     tags = {
         **provenance_tags(),
         "checkpoint_sha256": checkpoint_hash,
-        "test_set": test_hash,
+        "selection_set": selection_set,
+        "selection_psnr": f"{selection_psnr:.6f}",
         "model": model,
         "prior": str(module.hparams.prior),
         "geometry": json.dumps(geometry, sort_keys=True),
         "noise": json.dumps(noise, sort_keys=True),
         "intensity": f"network units = HU / {module.hparams.hu_scale}",
-        **{f"test_{key}": f"{value:.6f}" for key, value in metrics.items()
+        **{f"test_{key}": f"{value:.6f}" for key, value in test_metrics.items()
            if isinstance(value, float)},
     }
     return mlflow.register_model(info.model_uri, name, tags=tags)
@@ -156,22 +163,24 @@ def promote(cfg: DictConfig, version, margin_db: float) -> dict[str, Any]:
         champion = client.get_model_version_by_alias(name, ALIAS)
     except MlflowException:
         champion = None
-    candidate_psnr = float(version.tags["test_psnr"])
+    candidate_psnr = float(version.tags["selection_psnr"])
     if champion is None:
-        decision, reason = True, f"first model: test PSNR {candidate_psnr:.2f} dB"
+        decision, reason = True, f"first model: validation PSNR {candidate_psnr:.2f} dB"
     elif champion.version == version.version:
         return {"name": name, "champion": version.version, "changed": False,
                 "reason": "candidate is already the champion"}
-    elif champion.tags.get("test_set") != version.tags["test_set"]:
+    elif champion.tags.get("selection_set") != version.tags["selection_set"]:
         decision, reason = False, (
-            f"kept v{champion.version}: test sets differ "
-            f"({champion.tags.get('test_set')} vs {version.tags['test_set']}), not comparable")
+            f"kept v{champion.version}: validation sets differ "
+            f"({champion.tags.get('selection_set')} vs {version.tags['selection_set']}), "
+            "not comparable")
     else:
-        champion_psnr = float(champion.tags["test_psnr"])
+        champion_psnr = float(champion.tags["selection_psnr"])
         decision = candidate_psnr >= champion_psnr + margin_db
         verb = "beats" if decision else "does not beat"
-        reason = (f"test PSNR {candidate_psnr:.2f} dB {verb} champion v{champion.version} "
-                  f"({champion_psnr:.2f} dB) by the margin of {margin_db} dB")
+        reason = (f"validation PSNR {candidate_psnr:.2f} dB {verb} champion "
+                  f"v{champion.version} ({champion_psnr:.2f} dB) by the margin of "
+                  f"{margin_db} dB")
     client.set_model_version_tag(name, version.version, "promotion", reason)
     if decision:
         client.set_registered_model_alias(name, ALIAS, version.version)

@@ -53,3 +53,29 @@ def panel(path: Path, reference: np.ndarray, images: dict[str, np.ndarray],
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def residual_panel(path: Path, residual_maps: dict[str, np.ndarray], title: str) -> Path:
+    """Sinogram residuals ``A x - y`` (views x detectors), one column per method.
+
+    Where a network disagrees with the measured data it has invented (or
+    removed) structure; the full-dose reference shows the noise floor.
+    """
+    methods = list(residual_maps)
+    rows = next(iter(residual_maps.values())).shape[0]
+    scale = float(np.quantile(np.abs(residual_maps[methods[0]]), 0.99)) or 1.0
+    fig, axes = plt.subplots(rows, len(methods), figsize=(2.2 * len(methods), 1.8 * rows + 0.5),
+                             squeeze=False)
+    for row in range(rows):
+        for ax, method in zip(axes[row], methods, strict=True):
+            ax.imshow(residual_maps[method][row], cmap="coolwarm", vmin=-scale, vmax=scale,
+                      aspect="auto", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(method, fontsize=8)
+    fig.suptitle(f"{title} (rows: views, columns: detector bins; +-{scale:.3f})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,7 +1,8 @@
 """Stage ``promote``: register every deployable model of the grid and move champions.
 
-Candidates are judged on the test-split metrics written by ``evaluate``; the
-decision itself lives in :mod:`sparsect.registry`.
+Candidates are judged on their validation PSNR (the frozen validation split);
+test metrics from ``evaluate`` are attached to each version for information.
+The decision itself lives in :mod:`sparsect.registry`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sparsect.data.store import atomic_write_json, read_json
-from sparsect.registry import DEPLOYABLE, promote, register, test_set_hash
+from sparsect.registry import DEPLOYABLE, promote, register, split_hash
 
 
 def promote_all(cfg: DictConfig, prepared_dir: Path, models_root: Path, evaluations: Path,
                 out_path: Path) -> Path:
     """Writes ``out_path``: one entry per registered model with its champion and the reason."""
-    test_hash = test_set_hash(Path(prepared_dir))
+    val_hash = split_hash(Path(prepared_dir), "val")
     margin = float(cfg.registry.margin_db)
     decisions = []
     for views in cfg.sweep.views:
@@ -26,12 +27,13 @@ def promote_all(cfg: DictConfig, prepared_dir: Path, models_root: Path, evaluati
         for model, info in summary.items():
             if model not in DEPLOYABLE:
                 continue
-            values = {k: v for k, v in metrics[model].items() if isinstance(v, float)}
+            test_values = {k: v for k, v in metrics[model].items() if isinstance(v, float)}
             version = register(cfg, model, Path(models_root) / str(views) / info["checkpoint"],
-                               info.get("mlflow_run_id"), values, test_hash)
+                               info.get("mlflow_run_id"), float(info["best_val_psnr"]),
+                               val_hash, test_values)
             decision = promote(cfg, version, margin)
             decision.update(views=int(views), model=model, candidate=version.version)
             print(f"[promote] {decision['name']} v{version.version}: {decision['reason']}")
             decisions.append(decision)
-    atomic_write_json(Path(out_path), {"test_set": test_hash, "decisions": decisions})
+    atomic_write_json(Path(out_path), {"selection_set": val_hash, "decisions": decisions})
     return Path(out_path)
