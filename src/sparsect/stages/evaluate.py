@@ -154,14 +154,13 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
         per_slice = image_metrics(image, target, lo, hi)
         per_slice["residual"], residual_maps[name] = residuals(image, sinograms, geometry)
         metrics[name] = {**_summary(per_slice, subjects), **extra[name]}
+        by_region = per_slice_region_metrics(image, target, regions, lo, hi)
         metrics[name]["regions"] = {
             region: {k: float(np.nanmean(v)) for k, v in values.items()}
-            for region, values in per_slice_region_metrics(image, target, regions, lo,
-                                                           hi).items()}
+            for region, values in by_region.items()}
         metrics[name]["regions_ci95"] = {
             region: {k: summarise(v, subjects)["ci95"] for k, v in values.items()}
-            for region, values in per_slice_region_metrics(image, target, regions, lo,
-                                                           hi).items()}
+            for region, values in by_region.items()}
     metrics["_reference"] = {"residual": float(reference_residual.mean()),
                              "note": "full-dose reference: residual floor from noise and the "
                                      "finer simulation grid"}
