@@ -70,7 +70,8 @@ class ReconstructionModel(_PythonModel):
 
         self.module = load_module(Path(context.artifacts["checkpoint"]))
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> np.ndarray:
+    # no type hints on predict: MLflow would try to build a schema from them
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         import torch
 
         from sparsect.priors.masks import one_hot, tissue_masks_from_hu
