@@ -27,3 +27,10 @@ def test_arrays_are_memory_mapped(tmp_path):
 def test_missing_array_names_the_file(tmp_path):
     with pytest.raises(InputError, match="missing.npy"):
         load_array(tmp_path, "missing")
+
+
+def test_unwritable_output_is_explained(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InputError, match="Cannot write output"), atomic_dir(blocker / "out"):
+        pass

@@ -4,16 +4,45 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig
+
+from sparsect.errors import InputError
 
 
 def tracking_uri(cfg: DictConfig) -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else ``logger.tracking_uri`` (sqlite by default,
     because the model registry needs a database store)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.logger.tracking_uri)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.logger.tracking_uri)
+    check_reachable(uri)
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
+    """Fails fast, in ``timeout_s``, when an HTTP tracking server does not answer.
+
+    MLflow's client retries a dead server with back-off for minutes; a batch job
+    should stop at once with a clear message instead.
+
+    Raises:
+        InputError: naming the URI and what to do.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            return
+    except OSError as error:
+        raise InputError(
+            f"MLflow tracking server '{uri}' is unreachable ({error.strerror or error}): start "
+            "it, or unset MLFLOW_TRACKING_URI to track into the local sqlite:///mlflow.db."
+        ) from None
 
 
 def git_commit(root: Path = Path(".")) -> str:

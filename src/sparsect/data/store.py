@@ -31,9 +31,15 @@ def atomic_dir(destination: Path) -> Iterator[Path]:
     as it was.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = destination.parent / f".{destination.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as error:
+        raise InputError(
+            f"Cannot write output '{destination}' ({error.strerror or error}): choose a "
+            "writable folder or fix its permissions."
+        ) from None
     try:
         yield tmp
         if destination.exists():
