@@ -115,12 +115,12 @@ def test_promote_stage_names_a_champion_per_view_count(tiny_repo):
 
     client = mlflow.MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
     for name in names:
-        assert client.get_model_version_by_alias(name, "champion").version == "1"
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'mlflow.db'}"}
     sh("sparsect", "promote", cwd=tiny_repo, env=env)  # a second promote changes nothing
     for name in names:
-        assert client.get_model_version_by_alias(name, "champion").version == "1"
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
         assert len(client.search_model_versions(f"name='{name}'")) == 1
 
 

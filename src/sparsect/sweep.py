@@ -36,7 +36,8 @@ def _job(cfg: DictConfig) -> float:
     evaluate(cfg, prepared, out / "sim", masks, out / "models", out / "evaluation", views)
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     print(f"[sweep] {views} views: " + ", ".join(
-        f"{method} {values['psnr']:.2f} dB" for method, values in metrics.items()))
+        f"{method} {values['psnr']:.2f} dB" for method, values in metrics.items()
+        if not method.startswith("_")))
     return float(metrics["sg_unet"]["psnr"]) if "sg_unet" in metrics else float("nan")
 
 
