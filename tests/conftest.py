@@ -8,6 +8,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+# A network small enough to train in seconds on 32 x 32 slices (12 mm pixels).
+TINY_TRAINING = ["data.image_size=32", "data.pixel_size_mm=12.0", "model.channels=4",
+                 "model.depth=3", "model.seg_channels=4", "trainer.batch_size=4",
+                 "trainer.crop=null", "trainer.accelerator=cpu"]
+
 
 def write_nifti(path: Path, volume: np.ndarray, spacing=(2.0, 2.0, 4.0), dtype=np.int16) -> Path:
     affine = np.diag([*spacing, 1.0])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import build_tiny_inputs
+from conftest import TINY_TRAINING, build_tiny_inputs
 from sparsect.config import load_params
 from sparsect.data.datamodule import SplitPaths, load_split
 from sparsect.data.store import load_array
@@ -18,9 +18,7 @@ from sparsect.stages.simulate import simulate
 from sparsect.stages.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["data.image_size=32", "data.pixel_size_mm=12.0", "model.channels=4", "model.depth=3",
-        "model.seg_channels=4", "trainer.batch_size=4", "trainer.crop=null",
-        "trainer.max_epochs=1", "trainer.accelerator=cpu"]
+TINY = [*TINY_TRAINING, "trainer.max_epochs=1"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import build_tiny_inputs, write_dicom_series
+from conftest import TINY_TRAINING, build_tiny_inputs, write_dicom_series
 from sparsect.config import load_params
 from sparsect.errors import InputError
 from sparsect.registry import ALIAS, promote, register, resolve_model_uri
@@ -24,9 +24,7 @@ from sparsect.stages.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = ["data.image_size=32", "data.pixel_size_mm=12.0", "model.channels=4", "model.depth=3",
-        "model.seg_channels=4", "trainer.batch_size=4", "trainer.crop=null",
-        "trainer.max_epochs=2", "trainer.accelerator=cpu"]
+TINY = [*TINY_TRAINING, "trainer.max_epochs=2"]
 
 
 def free_port() -> int:

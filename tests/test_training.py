@@ -13,14 +13,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import build_tiny_inputs
+from conftest import TINY_TRAINING, build_tiny_inputs
 from sparsect.stages.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = ["data.image_size=32", "data.pixel_size_mm=12.0", "model.channels=4", "model.depth=3",
-        "model.seg_channels=4", "trainer.batch_size=4", "trainer.crop=null",
-        "trainer.augment=false", "trainer.accelerator=cpu"]
+TINY = [*TINY_TRAINING, "trainer.augment=false"]
 
 
 @pytest.fixture(scope="module")
