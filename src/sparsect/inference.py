@@ -116,21 +116,23 @@ class Reconstructor:
         return self.apply_model(fbp)
 
     @torch.no_grad()
-    def apply_model(self, fbp_hu: np.ndarray) -> np.ndarray:
+    def apply_model(self, fbp_hu: np.ndarray, batch: int = 8) -> np.ndarray:
+        """Network on ``(N, H, W)`` FBP slices, ``batch`` slices per call."""
+        if self.module.hparams.prior == "oracle":
+            raise InputError("Oracle models need full-dose masks and cannot reconstruct "
+                             "new data: use a unet or sg_unet model.")
         context = int(self.module.hparams.in_channels)
+        offsets = np.arange(-(context // 2), context // 2 + 1)
         out = np.empty_like(fbp_hu)
-        for index in range(len(fbp_hu)):
-            neighbours = np.clip(np.arange(index - context // 2, index + context // 2 + 1), 0,
-                                 len(fbp_hu) - 1)
-            fbp = torch.from_numpy(fbp_hu[neighbours][None])
+        for first in range(0, len(fbp_hu), batch):
+            rows = np.arange(first, min(first + batch, len(fbp_hu)))
+            neighbours = np.clip(rows[:, None] + offsets, 0, len(fbp_hu) - 1)
+            fbp = torch.from_numpy(np.ascontiguousarray(fbp_hu[neighbours]))
             prior = None
             if self.module.hparams.prior == "threshold":
-                prior = torch.from_numpy(one_hot(tissue_masks_from_hu(fbp_hu[index]))[None])
-            elif self.module.hparams.prior == "oracle":
-                raise InputError("Oracle models need full-dose masks and cannot reconstruct "
-                                 "new data: use a unet or sg_unet model.")
+                prior = torch.from_numpy(one_hot(tissue_masks_from_hu(fbp_hu[rows])))
             recon, _ = self.module.reconstruct_hu(fbp, prior)
-            out[index] = recon[0, 0].numpy()
+            out[rows] = recon[:, 0].numpy()
         return out
 
     def simulate(self, hu_slices: np.ndarray, seed: int = 0) -> np.ndarray:
