@@ -23,7 +23,7 @@ def test_overrides_apply_with_types():
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("geometry.veiws=60", "Did you mean geometry.views"),
+    [("geometry.veiws=60", "did you mean geometry.views"),
      ("nonsense", "key=value"),
      ("trainer.nope.deeper=1", "Unknown config key")],
 )

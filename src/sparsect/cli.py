@@ -216,6 +216,14 @@ def run(args: argparse.Namespace) -> object:
     raise AssertionError(args.command)
 
 
+def _close_progress_bars() -> None:
+    """Ends any progress bar the error interrupted, so the message gets a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -230,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         if debug:
             raise
+        _close_progress_bars()
         print(f"sparsect {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

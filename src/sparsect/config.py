@@ -45,9 +45,13 @@ def compose(conf_dir: Path = DEFAULT_CONF_DIR, overrides: list[str] | None = Non
 
 
 def _parse_value(text: str) -> Any:
-    # YAML spells infinity ".inf"; accept the Hydra/Python spelling "inf" too.
-    if text.strip().lower() in ("inf", "+inf", "-inf", "nan"):
-        return float(text)
+    # Numbers the Python way first: YAML 1.1 reads "1e5" as text and spells
+    # infinity ".inf", while users write 1e5 and inf (as Hydra accepts them).
+    for number in (int, float):
+        try:
+            return number(text.strip())
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -73,13 +77,44 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             known = [f"{parent}.{k}" if parent else k for k in node] if isinstance(
                 node, DictConfig) else []
             close = difflib.get_close_matches(key, known, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise InputError(
-                f"Unknown config key '{key}' in override '{override}': "
-                f"use a key that exists in params.yaml.{hint}"
-            )
-        OmegaConf.update(cfg, key, _parse_value(value), merge=False)
+            fix = (f"did you mean {' or '.join(close)}?" if close
+                   else "use a key that exists in params.yaml.")
+            raise InputError(f"Unknown config key '{key}' in override '{override}': {fix}")
+        parsed = _parse_value(value)
+        _check_type(override, key, OmegaConf.select(cfg, key), parsed)
+        OmegaConf.update(cfg, key, parsed, merge=False)
     return cfg
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "a true/false value"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a text"
+    if isinstance(value, dict | DictConfig):
+        return "a section"
+    return "a list"
+
+
+def _check_type(override: str, key: str, current: Any, new: Any) -> None:
+    """Refuses an override that changes a value's kind (text for a number, a name for a
+    config section): such a value would only fail later, far from its cause."""
+    was, now = _kind(current), _kind(new)
+    if "none" in (was, now) or was == now:
+        return
+    if was == "a section":
+        raise InputError(
+            f"Override '{override}' selects a config group, which params.yaml cannot take: "
+            f"compose it with `sparsect params {override}` or `dvc exp run -S {override}`."
+        )
+    raise InputError(
+        f"Override '{override}' gives {now} where '{key}' holds {was} ({current!r}): "
+        f"write e.g. {key}={current}."
+    )
 
 
 def load_params(path: Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> DictConfig:

@@ -72,10 +72,15 @@ def _save_nifti(path: Path, volume_hu: np.ndarray, affine: np.ndarray) -> None:
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     path = Path(path)
-    if not path.name.endswith((".nii", ".nii.gz")):
-        raise InputError(f"Output '{path}' must end in .nii or .nii.gz.")
+    _check_output_name(path)
     atomic_write_bytes(path, nib.Nifti1Image.to_bytes(image) if path.suffix == ".nii"
                        else _gzip(image))
+
+
+def _check_output_name(path: Path) -> None:
+    if not Path(path).name.endswith((".nii", ".nii.gz")):
+        raise InputError(f"Output '{path}' must end in .nii or .nii.gz: rename it, "
+                         "e.g. recon.nii.gz.")
 
 
 def _gzip(image: nib.Nifti1Image) -> bytes:
@@ -193,9 +198,10 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
         save_reference: bool = False, device: str = "auto") -> list[Path]:
     recon = Reconstructor(module, method, views, device=device)
     inputs = list_inputs(input_path)
+    # outputs are written one by one, atomically; the folder appears with the first one
     many = Path(input_path).is_dir() and not _is_volume(Path(input_path))
-    if many:
-        Path(output).mkdir(parents=True, exist_ok=True)
+    if not many:
+        _check_output_name(output)
     written = []
     for item in tqdm(inputs, unit="input", desc="reconstruct", disable=len(inputs) == 1):
         written.append(reconstruct_input(recon, item, _output_path(output, item, many),

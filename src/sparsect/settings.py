@@ -25,12 +25,18 @@ def geometry_from_cfg(cfg: DictConfig, views: int | None = None) -> Geometry:
             source_isocenter_mm=float(geo.source_isocenter_mm),
             source_detector_mm=float(geo.source_detector_mm),
         )
-    except ValueError as error:
-        raise InputError(f"Invalid geometry config: {error}") from None
+    except (ValueError, TypeError) as error:
+        raise InputError(
+            f"Invalid geometry ({str(error).rstrip('.')}): set geometry.* (or --views) to "
+            "valid values."
+        ) from None
 
 
 def noise_from_cfg(cfg: DictConfig) -> NoiseModel:
     try:
         return NoiseModel(i0=float(cfg.noise.i0), electronic_std=float(cfg.noise.electronic_std))
-    except ValueError as error:
-        raise InputError(f"Invalid noise config: {error}") from None
+    except (ValueError, TypeError) as error:
+        raise InputError(
+            f"Invalid noise setting ({str(error).rstrip('.')}): set noise.i0 to a positive "
+            "photon count (inf for noiseless data) and noise.electronic_std to >= 0."
+        ) from None

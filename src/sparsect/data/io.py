@@ -67,16 +67,21 @@ def find_scans(data_dir: Path) -> list[ScanEntry]:
             continue
         if _is_dicom_series(path):
             stem = path.name
-            (label_files if stem.endswith(LABEL_SUFFIX) else files)[stem] = path
-            continue
-        parsed = _strip_suffix(path)
-        if parsed is None or not path.is_file():
-            continue
-        stem, _ = parsed
-        if stem.endswith(LABEL_SUFFIX):
-            label_files[stem[: -len(LABEL_SUFFIX)]] = path
         else:
-            files[stem] = path
+            parsed = _strip_suffix(path)
+            if parsed is None or not path.is_file():
+                continue
+            stem, _ = parsed
+        is_label = stem.endswith(LABEL_SUFFIX)
+        found = label_files if is_label else files
+        if is_label:
+            stem = stem[: -len(LABEL_SUFFIX)]
+        if stem in found:
+            raise InputError(
+                f"'{found[stem]}' and '{path}' are two {'label maps' if is_label else 'scans'} "
+                f"of subject '{stem}': keep one of them or rename the other."
+            )
+        found[stem] = path
     if not files:
         raise InputError(
             f"Data folder '{data_dir}' holds no CT scan (NIfTI, NRRD, MHA or DICOM series): "
@@ -89,6 +94,12 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """NIfTI through nibabel: unlike the ITK reader it keeps NaN voxels (so they can be
     refused) and fails on a truncated file instead of returning zeros."""
     image = nib.load(str(path))
+    if len(image.shape) < 3:
+        # TorchIO would silently turn (x, y) into a one-slice volume of unknown z spacing
+        raise InputError(
+            f"Scan '{path}' is a 2D image of shape {tuple(image.shape)} but a 3D volume is "
+            "expected: save it with a third axis (x, y, 1) or stack the slices into one volume."
+        )
     data = np.asarray(image.dataobj, dtype=np.float32)
     if data.ndim == 3:
         data = data[None]
@@ -103,6 +114,88 @@ def _image(cls: type[tio.Image], path: Path) -> tio.Image:
     return cls(path)
 
 
+def _dicom_headers(path: Path) -> list[tuple[Path, object]]:
+    import pydicom
+
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.suffix.lower() == ".dcm" and not p.name.startswith("."))
+    headers = []
+    for file in files:
+        try:
+            headers.append((file, pydicom.dcmread(file, stop_before_pixels=True)))
+        except Exception as error:  # noqa: BLE001 - any parse failure is the file's fault
+            raise InputError(
+                f"Cannot read DICOM file '{file}' ({type(error).__name__}): replace it with a "
+                "complete file or remove it from the series."
+            ) from None
+    return headers
+
+
+def check_dicom_series(path: Path) -> None:
+    """Checks a DICOM file or series folder before it is read as one CT volume.
+
+    ITK reads whatever it is given: an MR series as if its values were HU, stored
+    values without rescale tags as HU, and a series with a missing slice as a
+    volume whose z spacing is silently wrong. Each of those is refused here.
+
+    Raises:
+        InputError: for another modality, missing rescale tags, several series in
+            one folder, or duplicated, missing or unevenly spaced slices.
+    """
+    headers = _dicom_headers(Path(path))
+    modalities = sorted({str(ds.get("Modality", "") or "none") for _, ds in headers})
+    if modalities != ["CT"]:
+        raise InputError(
+            f"DICOM series '{path}' has modality {'/'.join(modalities)}, but sparsect simulates "
+            "X-ray acquisitions from CT values in HU: give it a CT series."
+        )
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
+    if len(series) > 1:
+        raise InputError(
+            f"DICOM folder '{path}' mixes {len(series)} series: put each series in its own "
+            "folder."
+        )
+    unscaled = [f.name for f, ds in headers
+                if "RescaleSlope" not in ds or "RescaleIntercept" not in ds]
+    if unscaled:
+        raise InputError(
+            f"DICOM series '{path}' has no RescaleSlope/RescaleIntercept tags (e.g. in "
+            f"'{unscaled[0]}'), so its stored values cannot be converted to HU: add the tags "
+            "or convert the series to NIfTI in HU."
+        )
+    if len(headers) < 2:
+        return
+    try:
+        orientation = np.asarray([float(v) for v in headers[0][1].ImageOrientationPatient])
+        normal = np.cross(orientation[:3], orientation[3:])
+        positions = np.asarray([np.dot(normal, [float(v) for v in ds.ImagePositionPatient])
+                                for _, ds in headers])
+    except (AttributeError, ValueError, TypeError):
+        raise InputError(
+            f"DICOM series '{path}' lacks ImagePositionPatient/ImageOrientationPatient, so its "
+            "slices cannot be ordered: export the series with its geometry tags."
+        ) from None
+    order = np.argsort(positions, kind="stable")
+    names = [headers[i][0].name for i in order]
+    gaps = np.diff(positions[order])
+    tolerance = 1e-3  # mm
+    if (gaps < tolerance).any():
+        i = int(np.argmax(gaps < tolerance))
+        raise InputError(
+            f"DICOM series '{path}' has duplicated slices ('{names[i]}' and '{names[i + 1]}' "
+            f"lie at the same position {positions[order][i]:.2f} mm): remove the duplicates."
+        )
+    spacing = float(np.median(gaps))
+    if (np.abs(gaps - spacing) > 0.1 * spacing + tolerance).any():
+        i = int(np.argmax(np.abs(gaps - spacing)))
+        what = "is missing slices" if gaps[i] > 1.5 * spacing else "is unevenly spaced"
+        raise InputError(
+            f"DICOM series '{path}' {what} (a {gaps[i]:.2f} mm step between '{names[i]}' and "
+            f"'{names[i + 1]}' where the series spacing is {spacing:.2f} mm): export the complete, "
+            "evenly spaced series."
+        )
+
+
 def load_subject(entry: ScanEntry) -> tio.Subject:
     """Loads a scan (and its label map) as a canonical-orientation TorchIO subject.
 
@@ -110,9 +203,13 @@ def load_subject(entry: ScanEntry) -> tio.Subject:
         InputError: if a file cannot be read or is not a 3D volume.
     """
     images: dict[str, tio.Image] = {}
+    if entry.scan.is_dir() or entry.scan.suffix.lower() == ".dcm":
+        check_dicom_series(entry.scan)
     try:
         images["ct"] = _image(tio.ScalarImage, entry.scan)
         images["ct"].load()
+    except InputError:
+        raise
     except Exception as error:  # noqa: BLE001 - any reader failure is the file's fault
         raise InputError(
             f"Cannot read scan '{entry.scan}' ({type(error).__name__}): "
@@ -122,6 +219,8 @@ def load_subject(entry: ScanEntry) -> tio.Subject:
         try:
             images["labels"] = _image(tio.LabelMap, entry.labels)
             images["labels"].load()
+        except InputError:
+            raise
         except Exception as error:  # noqa: BLE001
             raise InputError(
                 f"Cannot read label map '{entry.labels}' ({type(error).__name__}): "

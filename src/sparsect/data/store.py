@@ -9,6 +9,7 @@ package, and cheap to slice per sample in a DataLoader.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -57,13 +58,19 @@ def atomic_dir(destination: Path) -> Iterator[Path]:
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Writes ``payload`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(payload)
         os.replace(tmp, path)
+    except OSError as error:
+        raise InputError(
+            f"Cannot write output '{path}' ({error.strerror or error}): choose a writable "
+            "location or fix its permissions."
+        ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
@@ -85,11 +92,23 @@ def load_array(folder: Path, name: str, mmap: bool = True) -> np.ndarray:
         raise InputError(
             f"Array '{path}' is missing: run the stage that writes it first (`dvc repro`)."
         )
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise InputError(
+            f"Array '{path}' is unreadable ({str(error).splitlines()[0]}): delete it and re-run "
+            "the stage that writes it (`dvc repro`)."
+        ) from None
 
 
 def read_json(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"File '{path}' is missing: run the stage that writes it first.")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(
+            f"File '{path}' is not valid JSON ({error}): delete it and re-run the stage that "
+            "writes it."
+        ) from None

@@ -1,0 +1,410 @@
+"""The catalogue of bad inputs: every case goes through the command line.
+
+Each case asserts the contract of :mod:`sparsect.errors`: exit code 2, one
+sentence on stderr that names the input and says what to do, no traceback, and
+no output (not even a hidden temporary folder) left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_dicom_series, write_nifti, write_sitk
+from sparsect.cli import main
+from sparsect.models.module import ReconModule
+from sparsect.physics import Geometry
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ["--params", str(ROOT / "params.yaml")]
+TINY_GRID = ["data.image_size=32", "data.pixel_size_mm=12.0"]
+GEOMETRY = Geometry("parallel", views=16, image_size=32, pixel_size_mm=12.0)
+
+
+def volume() -> np.ndarray:
+    """(x, y, z) = (40, 32, 6) HU: air, a water block and a bone rod."""
+    hu = np.full((40, 32, 6), -1000.0)
+    hu[8:32, 6:26, :] = 40.0
+    hu[18:22, 14:18, :] = 1000.0
+    return hu
+
+
+def good_data(root: Path, subjects: int = 3) -> Path:
+    """``root/data`` with ``subjects`` valid scans, beside which a bad one is put."""
+    data = root / "data"
+    data.mkdir()
+    for i in range(subjects):
+        write_nifti(data / f"good{i}.nii.gz", volume())
+    return data
+
+
+def prepare(root: Path, *overrides: str) -> list[str]:
+    return ["prepare", "--data", str(root / "data"), "--out", str(root / "out"), *PARAMS,
+            *TINY_GRID, *overrides]
+
+
+def simulate(root: Path, *overrides: str) -> list[str]:
+    return ["simulate", "--prepared", str(root / "data"), "--out", str(root / "out"), *PARAMS,
+            *TINY_GRID, *overrides]
+
+
+def checkpoint(path: Path, **hparams) -> Path:
+    module = ReconModule(prior="predicted", channels=4, depth=3, seg_channels=4,
+                         geometry=GEOMETRY.to_dict(), noise={"i0": 1e5, "electronic_std": 0.0},
+                         **hparams)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)},
+               path)
+    return path
+
+
+def reconstruct(root: Path, item: Path, *extra: str) -> list[str]:
+    return ["reconstruct", str(item), "-o", str(root / "out" / "recon.nii.gz"), *PARAMS, *extra]
+
+
+# --- setups: each writes its bad input under root and returns the command line ---------
+
+def truncated_nifti(root):
+    path = write_nifti(good_data(root) / "bad.nii.gz", volume())
+    path.write_bytes(path.read_bytes()[:300])
+    return prepare(root)
+
+
+def corrupt_nifti(root):
+    (good_data(root) / "bad.nii.gz").write_bytes(b"this is not a NIfTI file" * 20)
+    return prepare(root)
+
+
+def empty_data(root):
+    (root / "data").mkdir()
+    return prepare(root)
+
+
+def missing_data(root):
+    return prepare(root)
+
+
+def two_d_volume(root):
+    data = good_data(root)
+    nib.save(nib.Nifti1Image(np.zeros((40, 32), np.int16), np.eye(4)), data / "bad.nii.gz")
+    return prepare(root)
+
+
+def four_d_volume(root):
+    data = good_data(root)
+    nib.save(nib.Nifti1Image(np.zeros((40, 32, 6, 3), np.int16), np.eye(4)), data / "bad.nii.gz")
+    return prepare(root)
+
+
+def nan_voxels(root):
+    hu = volume()
+    hu[3, 4, 2] = np.nan
+    write_nifti(good_data(root) / "bad.nii.gz", hu, dtype=np.float32)
+    return prepare(root)
+
+
+def infinite_voxels(root):
+    hu = volume()
+    hu[3, 4, 2] = np.inf
+    write_nifti(good_data(root) / "bad.nii.gz", hu, dtype=np.float32)
+    return prepare(root)
+
+
+def mr_series(root):
+    write_dicom_series(good_data(root) / "bad", volume(), modality="MR")
+    return prepare(root)
+
+
+def series_without_rescale(root):
+    write_dicom_series(good_data(root) / "bad", volume(), rescale=False)
+    return prepare(root)
+
+
+def series_missing_a_slice(root):
+    series = write_dicom_series(good_data(root) / "bad", volume())
+    (series / "slice_003.dcm").unlink()
+    return prepare(root)
+
+
+def series_with_a_duplicated_slice(root):
+    series = write_dicom_series(good_data(root) / "bad", volume())
+    (series / "slice_002_copy.dcm").write_bytes((series / "slice_002.dcm").read_bytes())
+    return prepare(root)
+
+
+def corrupt_dicom_file(root):
+    series = write_dicom_series(good_data(root) / "bad", volume())
+    (series / "slice_004.dcm").write_bytes(b"\0" * 64)
+    return prepare(root)
+
+
+def label_map_of_another_shape(root):
+    data = good_data(root)
+    write_nifti(data / "good0_seg.nii.gz", np.zeros((20, 20, 6)), dtype=np.uint8)
+    return prepare(root)
+
+
+def two_scans_one_subject(root):
+    write_sitk(good_data(root) / "good1.nrrd", volume())
+    return prepare(root)
+
+
+def too_few_subjects(root):
+    good_data(root, subjects=2)
+    return prepare(root)
+
+
+def bad_split_fractions(root):
+    good_data(root)
+    return prepare(root, "data.split.val=0.5")
+
+
+def unknown_override(root):
+    good_data(root)
+    return prepare(root, "geometry.veiws=60")
+
+
+def override_without_value(root):
+    good_data(root)
+    return prepare(root, "=60")
+
+
+def text_for_a_number(root):
+    good_data(root)
+    return prepare(root, "data.image_size=large")
+
+
+def group_override_on_params(root):
+    good_data(root)
+    return prepare(root, "geometry=fan_clinical")
+
+
+def unknown_config_group(root):
+    return ["params", "--conf", str(ROOT / "conf"), "--out", str(root / "out"),
+            "noise=ultra_low_dose"]
+
+
+def missing_params_file(root):
+    good_data(root)
+    return ["prepare", "--data", str(root / "data"), "--out", str(root / "out"),
+            "--params", str(root / "params.yaml")]
+
+
+def zero_views(root):
+    return simulate(root, "geometry.views=0")
+
+
+def negative_views(root):
+    return simulate(root, "geometry.views=-30")
+
+
+def too_many_views(root):
+    return simulate(root, "geometry.views=5000")
+
+
+def zero_i0(root):
+    return simulate(root, "noise.i0=0")
+
+
+def negative_i0(root):
+    return simulate(root, "noise.i0=-1e5")
+
+
+def missing_prepared(root):
+    return simulate(root)
+
+
+def bad_shard(root):
+    return simulate(root, "--shard", "3/2")
+
+
+def unwritable_output(root):
+    good_data(root)
+    (root / "blocker").write_text("a file where the output folder should go")
+    return ["prepare", "--data", str(root / "data"), "--out", str(root / "blocker" / "out"),
+            *PARAMS, *TINY_GRID]
+
+
+def sinogram_of_wrong_shape(root):
+    np.save(root / "scan.npy", np.zeros((2, GEOMETRY.views, GEOMETRY.detector_count + 7)))
+    (root / "scan.json").write_text(json.dumps(GEOMETRY.to_dict()))
+    return reconstruct(root, root / "scan.npy", "--model", str(checkpoint(root / "m.ckpt")))
+
+
+def sinogram_of_another_geometry(root):
+    other = Geometry("parallel", views=30, image_size=32, pixel_size_mm=12.0)
+    np.save(root / "scan.npy", np.zeros((2, other.views, other.detector_count)))
+    (root / "scan.json").write_text(json.dumps(other.to_dict()))
+    return reconstruct(root, root / "scan.npy", "--model", str(checkpoint(root / "m.ckpt")))
+
+
+def missing_checkpoint(root):
+    write_nifti(root / "scan.nii.gz", volume())
+    return reconstruct(root, root / "scan.nii.gz", "--model", str(root / "missing.ckpt"))
+
+
+def foreign_checkpoint(root):
+    write_nifti(root / "scan.nii.gz", volume())
+    torch.save({"weights": torch.zeros(3)}, root / "foreign.ckpt")
+    return reconstruct(root, root / "scan.nii.gz", "--model", str(root / "foreign.ckpt"))
+
+
+def missing_registry_model(root, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'registry.db'}")
+    write_nifti(root / "scan.nii.gz", volume())
+    return reconstruct(root, root / "scan.nii.gz", "--model",
+                       "models:/sparsect-parallel-16v-sg_unet@champion")
+
+
+def unreachable_tracking_server(root, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: closed
+    write_nifti(root / "scan.nii.gz", volume())
+    return reconstruct(root, root / "scan.nii.gz")
+
+
+def missing_reconstruct_input(root):
+    return reconstruct(root, root / "nothing.nii.gz", "--model", str(checkpoint(root / "m.ckpt")))
+
+
+def views_not_of_the_model(root):
+    write_nifti(root / "scan.nii.gz", volume())
+    return reconstruct(root, root / "scan.nii.gz", "--model", str(checkpoint(root / "m.ckpt")),
+                       "--views", "60")
+
+
+def output_not_nifti(root):
+    write_nifti(root / "scan.nii.gz", volume())
+    return ["reconstruct", str(root / "scan.nii.gz"), "-o", str(root / "out" / "recon.png"),
+            "--model", str(checkpoint(root / "m.ckpt")), *PARAMS]
+
+
+@dataclass(frozen=True)
+class Case:
+    setup: Callable
+    names: str  # a regex for the input, as named in the message
+    fix: str  # a regex for what to do
+
+
+CASES = {
+    "truncated NIfTI": Case(truncated_nifti, r"bad\.nii\.gz", "check that the file is complete"),
+    "corrupt NIfTI": Case(corrupt_nifti, r"bad\.nii\.gz", "supported format"),
+    "empty data folder": Case(empty_data, r"data'", "sparsect make-data"),
+    "missing data folder": Case(missing_data, r"data'", "create it"),
+    "2D volume": Case(two_d_volume, r"bad\.nii\.gz' is a 2D image", "third axis"),
+    "4D volume": Case(four_d_volume, r"bad\.nii\.gz' has shape \(3, ", "one volume per scan"),
+    "NaN voxels": Case(nan_voxels, r"bad\.nii\.gz' contains NaN", "fix or remove"),
+    "infinite voxels": Case(infinite_voxels, r"bad\.nii\.gz' contains NaN or infinite",
+                            "fix or remove"),
+    "DICOM of modality MR": Case(mr_series, r"bad' has modality MR", "give it a CT series"),
+    "DICOM without rescale tags": Case(series_without_rescale, r"bad' has no RescaleSlope",
+                                       "add the tags"),
+    "DICOM missing a slice": Case(series_missing_a_slice, r"bad' is missing slices",
+                                  "export the complete"),
+    "DICOM duplicated slice": Case(series_with_a_duplicated_slice,
+                                   r"bad' has duplicated slices \('slice_002", "remove the dup"),
+    "corrupt DICOM file": Case(corrupt_dicom_file, r"slice_004\.dcm'", "replace it"),
+    "label map of another shape": Case(label_map_of_another_shape, r"good0_seg\.nii\.gz' has "
+                                       r"shape \(20, 20, 6\)", "on the scan's grid"),
+    "two scans of one subject": Case(two_scans_one_subject, r"good1\.nii\.gz' and '.*good1\.nrrd",
+                                     "keep one"),
+    "too few subjects": Case(too_few_subjects, r"Only 2 scan", "add scans"),
+    "bad split fractions": Case(bad_split_fractions, r"Split fractions", "fix data.split"),
+    "mistyped override": Case(unknown_override, r"'geometry\.veiws'",
+                              r"did you mean geometry\.views"),
+    "override without key": Case(override_without_value, r"'=60'", "key=value"),
+    "text for a number": Case(text_for_a_number, r"'data\.image_size=large'",
+                              r"data\.image_size=\d+"),
+    "group override on params.yaml": Case(group_override_on_params, r"'geometry=fan_clinical'",
+                                          "sparsect params geometry=fan_clinical"),
+    "unknown config group option": Case(unknown_config_group, r"ultra_low_dose",
+                                        "check the key and value"),
+    "missing params file": Case(missing_params_file, r"params\.yaml' is missing",
+                                "sparsect params"),
+    "zero views": Case(zero_views, r"views must be a positive integer, got 0",
+                       r"set geometry\.\*"),
+    "negative views": Case(negative_views, r"got -30", r"set geometry\.\*"),
+    "views beyond the detector": Case(too_many_views, r"views=5000 is more than 4 x",
+                                      r"set geometry\.\*"),
+    "zero I0": Case(zero_i0, r"i0 must be a positive number of photons.*got 0",
+                    r"set noise\.i0"),
+    "negative I0": Case(negative_i0, r"got -100000", r"set noise\.i0"),
+    "missing prepared input": Case(missing_prepared, r"index\.json' is missing",
+                                   "run the stage"),
+    "bad shard spec": Case(bad_shard, r"Shard '3/2'", "e.g. 2/8"),
+    "unwritable output": Case(unwritable_output, r"blocker/out'", "choose a writable"),
+    "sinogram of wrong shape": Case(sinogram_of_wrong_shape, r"scan\.npy' has shape \(2, 16, ",
+                                    "check views and detectors"),
+    "sinogram of another geometry": Case(sinogram_of_another_geometry,
+                                         r"scan\.npy' was measured with geometry",
+                                         "use a model trained for it"),
+    "missing checkpoint": Case(missing_checkpoint, r"missing\.ckpt' does not exist",
+                               "train a model or fix the path"),
+    "foreign checkpoint": Case(foreign_checkpoint, r"foreign\.ckpt' is not a sparsect",
+                               "written by `sparsect train`"),
+    "missing registry model": Case(missing_registry_model,
+                                   r"'models:/sparsect-parallel-16v-sg_unet@champion'",
+                                   "sparsect promote"),
+    "unreachable tracking server": Case(unreachable_tracking_server,
+                                        r"'http://127\.0\.0\.1:9' is unreachable",
+                                        "unset MLFLOW_TRACKING_URI"),
+    "missing reconstruct input": Case(missing_reconstruct_input, r"nothing\.nii\.gz' does not",
+                                      "give a CT volume"),
+    "views not of the model": Case(views_not_of_the_model, r"--views 60",
+                                   "pick the model of that view count"),
+    "output not NIfTI": Case(output_not_nifti, r"recon\.png' must end in \.nii",
+                             "e.g. recon.nii.gz"),
+}
+
+
+def _setup(case: Case, root: Path, monkeypatch) -> list[str]:
+    if "monkeypatch" in case.setup.__code__.co_varnames:
+        return case.setup(root, monkeypatch)
+    return case.setup(root)
+
+
+def test_the_catalogue_has_at_least_twenty_cases():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_ends_in_one_sentence_exit_2_and_no_output(name, tmp_path, monkeypatch,
+                                                               capsys):
+    case = CASES[name]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    argv = _setup(case, tmp_path, monkeypatch)
+    before = {p for p in tmp_path.rglob("*")}
+
+    code = main(argv)
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    messages = [line for line in err.splitlines() if line.startswith("sparsect ")]
+    assert len(messages) == 1, err
+    message = messages[0]
+    assert message.startswith(f"sparsect {argv[0]}: ")
+    assert message.endswith((".", "?")), message
+    assert not re.search(r"[.?!] +[A-Z]", message), f"more than one sentence: {message}"
+    assert re.search(case.names, message), message
+    assert re.search(case.fix, message), message
+    # nothing half-written: the output is absent and no temporary file or folder remains
+    assert not (tmp_path / "out").exists()
+    assert {p for p in tmp_path.rglob("*")} - before <= {tmp_path / "registry.db"}, \
+        sorted(map(str, {p for p in tmp_path.rglob("*")} - before))
+
+
+def test_debug_and_hydra_full_error_show_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception, match="holds no CT scan"):
+        main([*empty_data(tmp_path), "--debug"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(Exception, match="holds no CT scan"):
+        main(prepare(tmp_path))
