@@ -106,6 +106,11 @@ def test_first_model_is_champion_and_promotion_is_idempotent(trained, tracking):
     tags = client.get_model_version(version.name, version.version).tags
     assert json.loads(tags["geometry"])["views"] == 16
     assert {"noise", "data_dvc_md5", "git_commit", "test_psnr", "selection_set"} <= set(tags)
+    # pinned requirements, and the package travels with the model
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{version.name}@{ALIAS}"))
+    assert "torch==" in requirements.read_text()
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}@{ALIAS}"))
+    assert (local / "code" / "sparsect" / "models" / "checkpoint.py").is_file()
 
 
 @pytest.mark.slow
@@ -177,3 +182,82 @@ def test_a_clearly_better_candidate_takes_the_alias(trained, tracking):
     assert decision["changed"] and decision["champion"] == better.version
     assert mlflow.MlflowClient().get_model_version_by_alias(better.name, ALIAS).version == \
         better.version
+
+
+RACER = """
+import json, sys, time
+from pathlib import Path
+import mlflow
+
+from sparsect.config import load_params
+from sparsect.registry import promote, register
+
+checkpoint, psnr, delay, barrier = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+# A slow store: every promotion reads the champion, then stalls before deciding. Without a
+# lock all racers read the same old champion and the last writer wins.
+read = mlflow.MlflowClient.get_model_version_by_alias
+def slow_read(self, *args, **kwargs):
+    result = read(self, *args, **kwargs)
+    time.sleep(delay)
+    return result
+mlflow.MlflowClient.get_model_version_by_alias = slow_read
+
+cfg = load_params(sys.argv[5])
+version = register(cfg, "sg_unet", Path(checkpoint), None, psnr, "V1", {})
+Path(barrier, f"ready-{delay}").touch()
+while not Path(barrier, "go").exists():
+    time.sleep(0.01)
+print(json.dumps(promote(cfg, version, 0.05)))
+"""
+
+
+def _variant(source: Path, target: Path, shift: float) -> Path:
+    """Another valid checkpoint (another hash): the weights nudged by ``shift``."""
+    import torch
+
+    payload = torch.load(source, weights_only=True)
+    first = next(iter(payload["state_dict"]))
+    payload["state_dict"][first] = payload["state_dict"][first] + shift
+    torch.save(payload, target)
+    return target
+
+
+@pytest.mark.slow
+def test_racing_promotions_leave_one_champion_the_best(trained, tmp_path, monkeypatch):
+    cfg, root = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'race.db'}")
+    base = register(cfg, "sg_unet", root / "models0" / "sg_unet.ckpt", None, 30.0, "V1", {})
+    promote(cfg, base, 0.05)
+    best = root / "models1" / "sg_unet.ckpt"
+    # (checkpoint, validation PSNR, stall): the best stalls least, so without the lock the
+    # worse candidates would overwrite it
+    racers = [(best, 31.0, 0.2), (best, 31.0, 0.4),  # the same checkpoint twice
+              (_variant(best, tmp_path / "b.ckpt", 1e-3), 30.5, 0.8),
+              (_variant(best, tmp_path / "c.ckpt", 2e-3), 30.2, 1.2)]
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(ckpt), str(psnr), str(delay),
+                               str(barrier), str(ROOT / "params.yaml")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for ckpt, psnr, delay in racers]
+    deadline = time.time() + 300
+    while len(list(barrier.glob("ready-*"))) < len(racers) and time.time() < deadline:
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.05)
+    (barrier / "go").touch()
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name='{base.name}'")
+    hashes = [v.tags["checkpoint_sha256"] for v in versions]
+    assert len(hashes) == len(set(hashes)) == 4  # the doubly raced checkpoint registered once
+    # an alias names one version by construction; it must be the best candidate's
+    champion = client.get_model_version_by_alias(base.name, ALIAS)
+    assert float(champion.tags["selection_psnr"]) == 31.0, champion.tags["promotion"]
+    # each racer saw a consistent state: the champion it reports (itself, if it won) is
+    # at least as good as its own candidate minus the margin
+    psnr = {v.version: float(v.tags["selection_psnr"]) for v in versions}
+    for (_, own, _), (out, _) in zip(racers, outputs, strict=True):
+        decision = json.loads(out.strip().splitlines()[-1])
+        assert psnr[decision["champion"]] >= own - 0.05, decision

@@ -16,15 +16,21 @@ validation split, not the test split: choosing the champion by its test score
 would make the reported test numbers optimistic (test metrics are recorded on
 the version for information only). A version is identified by its checkpoint's hash, so
 registering the same checkpoint again reuses its version: promote is
-idempotent.
+idempotent, and racing promotions are serialised by a file lock
+(:func:`registry_lock`). A version carries the sparsect package (``code_paths``)
+and pinned requirements, so it loads where sparsect is not installed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 from omegaconf import DictConfig
@@ -88,11 +94,72 @@ class ReconstructionModel(_PythonModel):
         return recon.numpy()
 
 
+# What loading a registered model imports (the checkpoint reader, the networks, the
+# threshold prior); the sparsect package itself travels with the model (code_paths).
+MODEL_REQUIREMENTS = ("torch", "pytorch-lightning", "torchmetrics", "numpy", "scipy", "mlflow")
+
+
+def model_requirements() -> list[str]:
+    """``MODEL_REQUIREMENTS`` pinned to this environment. Given explicitly because
+    MLflow's inference of them loads the model in a subprocess: ~20 s per model."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in MODEL_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={version(name).split('+')[0]}")  # no local tag (+cpu)
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
 def _client(cfg: DictConfig):
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
     return mlflow.MlflowClient()
+
+
+LOCK_TIMEOUT_S = 600.0
+
+
+def lock_path(uri: str, name: str, lock_dir: str | None = None) -> Path:
+    """The lock file guarding registered model ``name`` in the store at ``uri``."""
+    key = hashlib.md5(uri.encode()).hexdigest()[:12]
+    if lock_dir is not None:
+        folder = Path(lock_dir)
+    elif urlparse(uri).scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    else:
+        folder = Path(tempfile.gettempdir())
+    return folder / f".sparsect-registry-{key}-{name}.lock"
+
+
+@contextmanager
+def registry_lock(cfg: DictConfig, name: str) -> Iterator[None]:
+    """Serialises read-compare-write on one registered model across processes.
+
+    MLflow has no compare-and-set for aliases: two promotions that both read the
+    old champion would both move the alias, and the last writer wins even when
+    it is the worse model. Under this lock each promotion sees the previous
+    one's result. The lock is an OS file lock (``flock``), so a killed process
+    releases it.
+
+    Raises:
+        InputError: if another process holds the lock for ``LOCK_TIMEOUT_S``.
+    """
+    from filelock import FileLock, Timeout
+
+    path = lock_path(tracking_uri(cfg), name, cfg.registry.get("lock_dir"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path, timeout=LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise InputError(
+            f"Registry lock '{path}' has been held by another process for "
+            f"{LOCK_TIMEOUT_S:.0f} s: wait for the other `sparsect promote` to finish."
+        ) from None
 
 
 def _find_version(client, name: str, checkpoint_hash: str):
@@ -114,19 +181,28 @@ def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
 
     ``selection_psnr`` is the validation PSNR promotion compares, on the split
     identified by ``selection_set``; ``test_metrics`` are recorded, never compared."""
-    import mlflow
-    from mlflow.models import infer_signature
-
     from sparsect.models.checkpoint import load_module
 
     client = _client(cfg)
     module = load_module(checkpoint)
-    geometry, noise = dict(module.hparams.geometry), dict(module.hparams.noise)
+    geometry = dict(module.hparams.geometry)
     name = model_name(geometry, model)
+    with registry_lock(cfg, name):  # two processes must not register one checkpoint twice
+        existing = _find_version(client, name, sha256(checkpoint))
+        if existing is not None:
+            return existing
+        return _register(cfg, model, checkpoint, module, name, run_id, selection_psnr,
+                         selection_set, test_metrics)
+
+
+def _register(cfg: DictConfig, model: str, checkpoint: Path, module, name: str,
+              run_id: str | None, selection_psnr: float, selection_set: str,
+              test_metrics: dict[str, Any]):
+    import mlflow
+    from mlflow.models import infer_signature
+
+    geometry, noise = dict(module.hparams.geometry), dict(module.hparams.noise)
     checkpoint_hash = sha256(checkpoint)
-    existing = _find_version(client, name, checkpoint_hash)
-    if existing is not None:
-        return existing
     size = int(geometry["image_size"])
     example = np.zeros((1, int(module.hparams.in_channels), size, size), np.float32)
     example[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
@@ -136,7 +212,8 @@ def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ReconstructionModel(),
             artifacts={"checkpoint": str(checkpoint)}, input_example=example,
-            signature=signature,
+            signature=signature, pip_requirements=model_requirements(),
+            code_paths=[str(Path(__file__).resolve().parent)],
         )
     tags = {
         **provenance_tags(),
@@ -155,7 +232,15 @@ def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
 
 
 def promote(cfg: DictConfig, version, margin_db: float) -> dict[str, Any]:
-    """Moves the champion alias to ``version`` if it wins; records why either way."""
+    """Moves the champion alias to ``version`` if it wins; records why either way.
+
+    The comparison and the move happen under :func:`registry_lock`, so racing
+    promotions leave exactly one champion, the best of them by the margin rule."""
+    with registry_lock(cfg, version.name):
+        return _promote(cfg, version, margin_db)
+
+
+def _promote(cfg: DictConfig, version, margin_db: float) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     client = _client(cfg)
