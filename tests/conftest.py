@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 # A network small enough to train in seconds on 32 x 32 slices (12 mm pixels).
 TINY_TRAINING = ["data.image_size=32", "data.pixel_size_mm=12.0", "model.channels=4",
@@ -95,3 +102,57 @@ def build_tiny_inputs(root: Path, overrides: list[str], subjects: int, slices: i
     prepare(cfg, root / "data", root / "prepared")
     masks(cfg, root / "prepared", root / "masks")
     return cfg
+
+
+# The tiny pipeline configuration as a Hydra experiment, so that `dvc exp run -S ...` and
+# `sparsect train -m ...` compose exactly what `dvc repro` ran from params.yaml.
+TINY_EXPERIMENT = """# @package _global_
+data:
+  phantom: {subjects: 4, shape: [96, 96, 4], spacing_mm: [4.0, 4.0, 5.0]}
+  image_size: 32
+  pixel_size_mm: 12.0
+sweep: {views: [12, 24]}
+model: {channels: 4, depth: 3, seg_channels: 4}
+trainer: {max_epochs: 3, batch_size: 4, crop: 16}
+evaluate: {panel_slices: 1}
+baselines: {sirt: {iterations: 20}, tv: {iterations: 20}}
+"""
+
+
+def sh(*args: str, cwd: Path, env: dict | None = None) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=900, check=False)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def tool_env(repo: Path) -> dict[str, str]:
+    """The project's tools on PATH and a tracking store inside ``repo``."""
+    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+
+
+def init_tiny_repo(repo: Path) -> Path:
+    """A git + DVC project in ``repo``: this checkout's conf, code and dvc.yaml, the
+    tiny experiment composed into params.yaml, and its phantoms tracked by DVC."""
+    for name in ("conf", "src"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo)
+    shutil.copy(ROOT / ".gitignore", repo)
+    env = tool_env(repo)
+    (repo / "conf" / "experiment" / "tiny.yaml").write_text(TINY_EXPERIMENT)
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo, env=env)
+    sh("dvc", "config", "hydra.enabled", "true", cwd=repo, env=env)
+    sh("sparsect", "params", "experiment=tiny", cwd=repo, env=env)
+    sh("sparsect", "make-data", "--out", "data", cwd=repo, env=env)
+    sh("dvc", "add", "-q", "data", cwd=repo, env=env)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory) -> Path:
+    """The tiny project after one uninterrupted `dvc repro` of the whole pipeline."""
+    repo = init_tiny_repo(tmp_path_factory.mktemp("repo"))
+    sh("dvc", "repro", cwd=repo, env=tool_env(repo))
+    return repo

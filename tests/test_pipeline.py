@@ -1,59 +1,13 @@
-"""End-to-end: the real `dvc repro` on a tiny configuration in a temporary copy."""
+"""End-to-end: the real `dvc repro` on a tiny configuration in a temporary copy
+(the ``tiny_repo`` fixture of conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-# The tiny configuration as a Hydra experiment, so that `dvc exp run -S ...` and
-# `sparsect train -m ...` compose exactly what `dvc repro` ran from params.yaml.
-TINY = """# @package _global_
-data:
-  phantom: {subjects: 4, shape: [96, 96, 4], spacing_mm: [4.0, 4.0, 5.0]}
-  image_size: 32
-  pixel_size_mm: 12.0
-sweep: {views: [12, 24]}
-model: {channels: 4, depth: 3, seg_channels: 4}
-trainer: {max_epochs: 2, batch_size: 4, crop: 16}
-evaluate: {panel_slices: 1}
-baselines: {sirt: {iterations: 20}, tv: {iterations: 20}}
-"""
-
-
-def sh(*args: str, cwd: Path, env: dict | None = None) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=900, check=False)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("repo")
-    for name in ("conf", "src"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo)
-    shutil.copy(ROOT / ".gitignore", repo)
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
-    (repo / "conf" / "experiment" / "tiny.yaml").write_text(TINY)
-    sh("git", "init", "-q", cwd=repo)
-    sh("dvc", "init", "-q", cwd=repo, env=env)
-    sh("dvc", "config", "hydra.enabled", "true", cwd=repo, env=env)
-    sh("sparsect", "params", "experiment=tiny", cwd=repo, env=env)
-    sh("sparsect", "make-data", "--out", "data", cwd=repo, env=env)
-    sh("dvc", "add", "-q", "data", cwd=repo, env=env)
-    sh("dvc", "repro", cwd=repo, env=env)
-    return repo
+from conftest import sh, tool_env
 
 
 @pytest.mark.slow
@@ -81,7 +35,7 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
     assert "## 12 views" in report and "## 24 views" in report and "residual" in report
     psnr_csv = (tiny_repo / "reports" / "plots" / "psnr.csv").read_text().splitlines()
     assert psnr_csv[0].split(",")[0] == "views" and len(psnr_csv) == 3
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = tool_env(tiny_repo)
     shown = json.loads(sh("dvc", "plots", "show", "--json", cwd=tiny_repo, env=env))
     assert shown, "dvc plots show rendered nothing"
     assert "psnr" in sh("dvc", "metrics", "show", cwd=tiny_repo, env=env)
@@ -89,7 +43,7 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
 
 @pytest.mark.slow
 def test_dvc_status_is_clean_and_mlflow_holds_one_run_per_model(tiny_repo):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = tool_env(tiny_repo)
     status = sh("dvc", "status", cwd=tiny_repo, env=env)
     assert "up to date" in status, status
     import mlflow
@@ -116,8 +70,7 @@ def test_promote_stage_names_a_champion_per_view_count(tiny_repo):
     client = mlflow.MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
     for name in names:
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'mlflow.db'}"}
+    env = tool_env(tiny_repo)
     sh("sparsect", "promote", cwd=tiny_repo, env=env)  # a second promote changes nothing
     for name in names:
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
@@ -126,8 +79,7 @@ def test_promote_stage_names_a_champion_per_view_count(tiny_repo):
 
 @pytest.mark.slow
 def test_hydra_multirun_over_view_counts(tiny_repo):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'sweep.db'}"}
+    env = {**tool_env(tiny_repo), "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'sweep.db'}"}
     sh("sparsect", "train", "-m", "experiment=tiny", "geometry.views=12,24",
        "--sweep-dir", "sweep", cwd=tiny_repo, env=env)
     for views in (12, 24):
@@ -140,8 +92,7 @@ def test_hydra_multirun_over_view_counts(tiny_repo):
 
 @pytest.mark.slow
 def test_dvc_queued_experiment_composes_conf_and_runs(tiny_repo):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'mlflow.db'}"}
+    env = tool_env(tiny_repo)
     sh("git", "add", "-A", cwd=tiny_repo)
     sh("git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "tiny",
        cwd=tiny_repo)

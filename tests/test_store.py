@@ -34,3 +34,35 @@ def test_unwritable_output_is_explained(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(InputError, match="Cannot write output"), atomic_dir(blocker / "out"):
         pass
+
+
+def test_folders_of_killed_writers_are_removed_by_the_next_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "out"
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom sparsect.data.store import atomic_dir\n"
+        "with atomic_dir(sys.argv[1]) as tmp:\n    (tmp / 'part').write_text('x')\n"
+        "    time.sleep(60)\n"), str(target)])
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".out.tmp-*/part")) and time.time() < deadline:
+        time.sleep(0.05)
+    writer.send_signal(signal.SIGKILL)  # no cleanup code runs
+    writer.wait()
+    (leftover,) = tmp_path.glob(".out.tmp-*")
+    import os
+    import socket
+
+    # folders of live writers, and of other hosts sharing the file system, stay
+    live = tmp_path / f".out.tmp-0000abcd-{os.getpid()}@{socket.gethostname()}"
+    elsewhere = tmp_path / ".out.tmp-0000abcd-1@another-host"
+    live.mkdir()
+    elsewhere.mkdir()
+    with atomic_dir(target) as tmp:
+        save_array(tmp, "x", np.arange(2))
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name,
+                                                                 elsewhere.name])

@@ -1,8 +1,14 @@
 """Slices for training: FBP input, full-dose target, tissue masks, optional prior.
 
 Everything is read from memory-mapped ``.npy`` files written by the stages, so
-a DataLoader worker (or a DDP rank) touches only the slices it serves. Under
-DDP Lightning wraps the loaders in a ``DistributedSampler`` itself.
+a DataLoader worker (or a DDP rank) touches only the slices it serves.
+
+Randomness is a pure function of ``(seed, epoch, slice)``: :class:`EpochSampler`
+shuffles by ``(seed, epoch)`` and hands the dataset keys that carry the epoch,
+from which each sample draws its crop and flips. No random state carries over
+from one epoch to the next, so a training resumed from ``last.ckpt`` repeats
+exactly what the uninterrupted run would have done (a test checks the weights
+agree), whatever the number of DataLoader workers.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sparsect.data.store import load_array, read_json
 from sparsect.models.module import HU_SCALE
@@ -81,12 +87,12 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.fbp_hu)
 
-    def _window(self) -> tuple[slice, slice]:
+    def _window(self, rng: np.random.Generator) -> tuple[slice, slice]:
         height, width = self.fbp_hu.shape[-2:]
         if self.crop is None or self.crop >= min(height, width):
             return slice(None), slice(None)
-        top = int(torch.randint(0, height - self.crop + 1, (1,)))
-        left = int(torch.randint(0, width - self.crop + 1, (1,)))
+        top = int(rng.integers(0, height - self.crop + 1))
+        left = int(rng.integers(0, width - self.crop + 1))
         return slice(top, top + self.crop), slice(left, left + self.crop)
 
     def _fbp(self, index: int, rows: slice, cols: slice) -> np.ndarray:
@@ -95,8 +101,12 @@ class SliceDataset(Dataset):
         return np.stack([np.asarray(self.fbp_hu[i, rows, cols], dtype=np.float32)
                          for i in self.neighbours[index]])
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rows, cols = self._window()
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        """``key = epoch * len(self) + index`` (see :class:`EpochSampler`); a plain index
+        is epoch 0. Crop and flips come from a generator seeded by (seed, epoch, index)."""
+        epoch, index = divmod(int(key), len(self))
+        rng = np.random.default_rng([self.seed, epoch, index])
+        rows, cols = self._window(rng)
         arrays = {
             "fbp": self._fbp(index, rows, cols) / HU_SCALE,
             "target": np.asarray(self.target_hu[index, rows, cols], np.float32)[None] / HU_SCALE,
@@ -108,9 +118,22 @@ class SliceDataset(Dataset):
             arrays["prior_probs"] = np.moveaxis(arrays["prior_probs"], -1, 0)
         if self.augment:
             for axis in (-1, -2):
-                if torch.rand(1).item() < 0.5:
+                if rng.random() < 0.5:
                     arrays = {k: np.flip(v, axis=axis) for k, v in arrays.items()}
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+class EpochSampler(DistributedSampler):
+    """Shuffles by ``(seed, epoch)`` and yields ``epoch * len(dataset) + index``.
+
+    A ``DistributedSampler`` (one replica when not distributed), so Lightning
+    calls :meth:`set_epoch` on it every epoch and does not replace it under DDP,
+    where it shards the permutation across ranks as usual.
+    """
+
+    def __iter__(self):
+        size = len(self.dataset)  # type: ignore[arg-type]
+        return (self.epoch * size + index for index in super().__iter__())
 
 
 @dataclass
@@ -164,14 +187,17 @@ class SliceDataModule(pl.LightningDataModule):
                 seed=self.seed,
             )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, generator=generator,
+    def _loader(self, split: str, sampler: DistributedSampler | None = None) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = EpochSampler(self.datasets["train"], num_replicas=replicas, rank=rank,
+                               shuffle=True, seed=self.seed)
+        return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")

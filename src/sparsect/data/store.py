@@ -10,9 +10,11 @@ package, and cheap to slice per sample in a DataLoader.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,17 +26,49 @@ import numpy as np
 from sparsect.errors import InputError
 
 
+def _owner_tag() -> str:
+    return f"{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove_stale(destination: Path) -> None:
+    """Removes temporary siblings of ``destination`` left by dead processes of this host
+    (those of other hosts, on a shared file system, are left alone)."""
+    host = socket.gethostname()
+    for kind in ("tmp", "old"):
+        prefix = f".{destination.name}.{kind}-"
+        for path in destination.parent.glob(glob.escape(prefix) + "*"):
+            try:
+                pid, owner_host = path.name[len(prefix):].split("-", 1)[1].split("@", 1)
+                dead = owner_host == host and not _alive(int(pid))
+            except (IndexError, ValueError):
+                continue
+            if dead:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 @contextmanager
 def atomic_dir(destination: Path) -> Iterator[Path]:
     """Yields a fresh temporary folder that replaces ``destination`` on success.
 
     On any exception the temporary folder is removed and ``destination`` is left
-    as it was.
+    as it was. A process killed outright cannot clean up: the temporary folders
+    it left (named with its pid and host) are removed by the next run.
     """
     destination = Path(destination)
-    tmp = destination.parent / f".{destination.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = destination.parent / f".{destination.name}.tmp-{_owner_tag()}"
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(destination)
         tmp.mkdir()
     except OSError as error:
         raise InputError(
@@ -44,7 +78,7 @@ def atomic_dir(destination: Path) -> Iterator[Path]:
     try:
         yield tmp
         if destination.exists():
-            old = destination.parent / f".{destination.name}.old-{uuid.uuid4().hex[:8]}"
+            old = destination.parent / f".{destination.name}.old-{_owner_tag()}"
             destination.rename(old)
             tmp.rename(destination)
             shutil.rmtree(old, ignore_errors=True)

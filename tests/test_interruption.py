@@ -1,0 +1,131 @@
+"""Real kills during `dvc repro`: nothing half-written, and the re-run ends where an
+uninterrupted run ends.
+
+The reference is the ``tiny_repo`` fixture (one uninterrupted `dvc repro`). A second,
+identical project is killed (SIGKILL to the whole process group, so no cleanup code
+runs) at a random point of `simulate@12` and of `train@12`; `dvc repro` then has to
+produce the same sinograms and FBPs bit for bit, the same network weights (training
+resumes from its last epoch and is deterministic), and the same metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BIN, init_tiny_repo, sh, tool_env
+
+# Stated tolerance for "the same metrics" of two runs of one config and seed on CPU.
+METRIC_TOLERANCE = 1e-6
+SEED = int(os.environ.get("SPARSECT_KILL_SEED", time.time_ns() % 10_000))
+
+
+def dvc_repro(repo: Path, stage: str) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "dvc"), "repro", stage], cwd=repo, env=tool_env(repo),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def kill(process: subprocess.Popen) -> None:
+    assert process.poll() is None, "the stage finished before the kill: nothing was tested"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def numbers(tree, prefix: str = "") -> dict[str, float]:
+    """Every number in a JSON tree, by its path."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in numbers(sub, f"{prefix}/{key}")
+                .items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in numbers(sub, f"{prefix}/{i}")
+                .items()}
+    return {prefix: float(tree)} if isinstance(tree, int | float) else {}
+
+
+@pytest.fixture(scope="module")
+def killed_repo(tmp_path_factory):
+    repo = init_tiny_repo(tmp_path_factory.mktemp("killed"))
+    sh("dvc", "repro", "prepare", cwd=repo, env=tool_env(repo))
+    return repo
+
+
+@pytest.mark.slow
+def test_killed_simulate_reruns_to_identical_outputs(tiny_repo, killed_repo):
+    rng = random.Random(SEED)
+    started = time.time()
+    sh("dvc", "repro", "-f", "-s", "simulate@24", cwd=killed_repo, env=tool_env(killed_repo))
+    duration = time.time() - started  # how long one such stage takes here
+    delay = rng.uniform(0.2, 0.8) * duration
+    process = dvc_repro(killed_repo, "simulate@12")
+    time.sleep(delay)
+    kill(process)
+    sim = killed_repo / "artifacts" / "sim"
+    assert not (sim / "12").exists(), f"half-written output (seed {SEED}, kill at {delay:.2f} s)"
+    assert "simulate@12" in sh("dvc", "status", cwd=killed_repo, env=tool_env(killed_repo))
+
+    sh("dvc", "repro", "simulate@12", cwd=killed_repo, env=tool_env(killed_repo))
+    reference = tiny_repo / "artifacts" / "sim" / "12"
+    files = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(sim / "12") for p in (sim / "12").rglob("*")
+                                     if p.is_file())
+    for name in files:
+        assert (sim / "12" / name).read_bytes() == (reference / name).read_bytes(), name
+    assert leftovers(sim) == []  # the killed run's temporary folder was cleaned up
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_under_dvc_to_the_uninterrupted_weights(tiny_repo,
+                                                                        killed_repo):
+    sh("dvc", "repro", "masks", cwd=killed_repo, env=tool_env(killed_repo))
+    process = dvc_repro(killed_repo, "train@12")
+    work = killed_repo / "artifacts" / "models" / ".12.work" / "unet"
+    deadline = time.time() + 300
+    while not (work / "last.ckpt").is_file() and time.time() < deadline:
+        assert process.poll() is None, "training ended before writing last.ckpt"
+        time.sleep(0.02)
+    time.sleep(random.Random(SEED).uniform(0.0, 0.1))  # somewhere in the second epoch
+    kill(process)
+    models = killed_repo / "artifacts" / "models"
+    assert not (models / "12").exists(), "half-written output"
+
+    sh("dvc", "repro", "train@12", cwd=killed_repo, env=tool_env(killed_repo))
+    summary = json.loads((models / "12" / "summary.json").read_text())
+    reference = json.loads((tiny_repo / "artifacts/models/12/summary.json").read_text())
+    assert summary["unet"]["resumed"] is True and reference["unet"]["resumed"] is False
+    for model in ("unet", "sg_unet"):
+        assert summary[model]["epochs"] == reference[model]["epochs"]
+        assert summary[model]["best_val_psnr"] == reference[model]["best_val_psnr"]
+        ours = torch.load(models / "12" / f"{model}.ckpt", weights_only=True)["state_dict"]
+        theirs = torch.load(tiny_repo / f"artifacts/models/12/{model}.ckpt",
+                            weights_only=True)["state_dict"]
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), (model, key)
+    assert leftovers(models) == [] and not (models / ".12.work").exists()
+
+
+@pytest.mark.slow
+def test_same_config_and_seed_give_the_same_metrics(tiny_repo, killed_repo):
+    """Requires the two tests above: the killed project, completed, is evaluated too."""
+    sh("dvc", "repro", "evaluate@12", cwd=killed_repo, env=tool_env(killed_repo))
+    ours = numbers(json.loads((killed_repo / "reports/views/12/metrics.json").read_text()))
+    theirs = numbers(json.loads((tiny_repo / "reports/views/12/metrics.json").read_text()))
+    assert ours.keys() == theirs.keys() and len(ours) > 100
+    differences = {k: abs(ours[k] - theirs[k]) for k in ours}
+    worst = max(differences, key=differences.get)
+    assert differences[worst] <= METRIC_TOLERANCE * max(1.0, abs(theirs[worst])), worst
+    assert np.isfinite(list(ours.values())).all()
