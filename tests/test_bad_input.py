@@ -161,29 +161,12 @@ def too_few_subjects(root):
     return prepare(root)
 
 
-def bad_split_fractions(root):
-    good_data(root)
-    return prepare(root, "data.split.val=0.5")
-
-
-def unknown_override(root):
-    good_data(root)
-    return prepare(root, "geometry.veiws=60")
-
-
-def override_without_value(root):
-    good_data(root)
-    return prepare(root, "=60")
-
-
-def text_for_a_number(root):
-    good_data(root)
-    return prepare(root, "data.image_size=large")
-
-
-def group_override_on_params(root):
-    good_data(root)
-    return prepare(root, "geometry=fan_clinical")
+def override(text: str) -> Callable:
+    """``prepare`` on good data with one bad override."""
+    def setup(root):
+        good_data(root)
+        return prepare(root, text)
+    return setup
 
 
 def unknown_config_group(root):
@@ -315,13 +298,15 @@ CASES = {
     "two scans of one subject": Case(two_scans_one_subject, r"good1\.nii\.gz' and '.*good1\.nrrd",
                                      "keep one"),
     "too few subjects": Case(too_few_subjects, r"Only 2 scan", "add scans"),
-    "bad split fractions": Case(bad_split_fractions, r"Split fractions", "fix data.split"),
-    "mistyped override": Case(unknown_override, r"'geometry\.veiws'",
+    "bad split fractions": Case(override("data.split.val=0.5"), r"Split fractions",
+                                "fix data.split"),
+    "mistyped override": Case(override("geometry.veiws=60"), r"'geometry\.veiws'",
                               r"did you mean geometry\.views"),
-    "override without key": Case(override_without_value, r"'=60'", "key=value"),
-    "text for a number": Case(text_for_a_number, r"'data\.image_size=large'",
+    "override without key": Case(override("=60"), r"'=60'", "key=value"),
+    "text for a number": Case(override("data.image_size=large"), r"'data\.image_size=large'",
                               r"data\.image_size=\d+"),
-    "group override on params.yaml": Case(group_override_on_params, r"'geometry=fan_clinical'",
+    "group override on params.yaml": Case(override("geometry=fan_clinical"),
+                                          r"'geometry=fan_clinical'",
                                           "sparsect params geometry=fan_clinical"),
     "unknown config group option": Case(unknown_config_group, r"ultra_low_dose",
                                         "check the key and value"),
