@@ -252,6 +252,13 @@ def unreachable_tracking_server(root, monkeypatch):
     return reconstruct(root, root / "scan.nii.gz")
 
 
+def training_without_tracking_server(root, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    return ["train", "--views", "16", "--prepared", str(root / "prepared"), "--sim",
+            str(root / "sim"), "--masks", str(root / "masks"), "--out", str(root / "out"),
+            *PARAMS]
+
+
 def missing_reconstruct_input(root):
     return reconstruct(root, root / "nothing.nii.gz", "--model", str(checkpoint(root / "m.ckpt")))
 
@@ -339,6 +346,9 @@ CASES = {
     "unreachable tracking server": Case(unreachable_tracking_server,
                                         r"'http://127\.0\.0\.1:9' is unreachable",
                                         "unset MLFLOW_TRACKING_URI"),
+    "training without its tracking server": Case(training_without_tracking_server,
+                                                 r"'http://127\.0\.0\.1:9' is unreachable",
+                                                 "start it"),
     "missing reconstruct input": Case(missing_reconstruct_input, r"nothing\.nii\.gz' does not",
                                       "give a CT volume"),
     "views not of the model": Case(views_not_of_the_model, r"--views 60",

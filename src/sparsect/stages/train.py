@@ -183,6 +183,7 @@ def train(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path, o
     unknown = [name for name in models if name not in MODELS]
     if unknown:
         raise InputError(f"Unknown model(s) {unknown}: choose from {', '.join(MODELS)}.")
+    tracking_uri(cfg)  # an unreachable server fails here, before any work
     work = work_dir_for(out_dir)
     summary, is_zero = {}, True
     for name in models:
