@@ -36,7 +36,8 @@ def dvc_repro(repo: Path, stage: str) -> subprocess.Popen:
 
 
 def kill(process: subprocess.Popen) -> None:
-    assert process.poll() is None, "the stage finished before the kill: nothing was tested"
+    assert process.poll() is None, \
+        f"the stage finished before the kill: nothing was tested (SPARSECT_KILL_SEED={SEED})"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
@@ -74,7 +75,8 @@ def test_killed_simulate_reruns_to_identical_outputs(tiny_repo, killed_repo):
     time.sleep(delay)
     kill(process)
     sim = killed_repo / "artifacts" / "sim"
-    assert not (sim / "12").exists(), f"half-written output (seed {SEED}, kill at {delay:.2f} s)"
+    assert not (sim / "12").exists(), \
+        f"half-written output (SPARSECT_KILL_SEED={SEED}, kill at {delay:.2f} s)"
     assert "simulate@12" in sh("dvc", "status", cwd=killed_repo, env=tool_env(killed_repo))
 
     sh("dvc", "repro", "simulate@12", cwd=killed_repo, env=tool_env(killed_repo))
@@ -100,7 +102,7 @@ def test_killed_training_resumes_under_dvc_to_the_uninterrupted_weights(tiny_rep
     time.sleep(random.Random(SEED).uniform(0.0, 0.1))  # somewhere in the second epoch
     kill(process)
     models = killed_repo / "artifacts" / "models"
-    assert not (models / "12").exists(), "half-written output"
+    assert not (models / "12").exists(), f"half-written output (SPARSECT_KILL_SEED={SEED})"
 
     sh("dvc", "repro", "train@12", cwd=killed_repo, env=tool_env(killed_repo))
     summary = json.loads((models / "12" / "summary.json").read_text())
