@@ -19,6 +19,9 @@ def test_overrides_apply_with_types():
     cfg = load_params(ROOT / "params.yaml", ["geometry.views=90", "noise.i0=inf"])
     assert cfg.geometry.views == 90
     assert cfg.noise.i0 == float("inf")
+    cfg = load_params(ROOT / "params.yaml", ["noise.i0=-1e5", "logger.experiment=2024"])
+    assert cfg.noise.i0 == -1e5  # a number, although YAML 1.1 reads 1e5 as text
+    assert cfg.logger.experiment == "2024"  # a text setting stays text
 
 
 @pytest.mark.parametrize(

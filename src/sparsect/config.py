@@ -80,8 +80,10 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             fix = (f"did you mean {' or '.join(close)}?" if close
                    else "use a key that exists in params.yaml.")
             raise InputError(f"Unknown config key '{key}' in override '{override}': {fix}")
-        parsed = _parse_value(value)
-        _check_type(override, key, OmegaConf.select(cfg, key), parsed)
+        current = OmegaConf.select(cfg, key)
+        # a text setting keeps the text as written (logger.experiment=2024 is a name)
+        parsed = value if isinstance(current, str) else _parse_value(value)
+        _check_type(override, key, current, parsed)
         OmegaConf.update(cfg, key, parsed, merge=False)
     return cfg
 
