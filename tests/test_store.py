@@ -66,3 +66,14 @@ def test_folders_of_killed_writers_are_removed_by_the_next_run(tmp_path):
     assert not leftover.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name,
                                                                  elsewhere.name])
+
+
+def test_files_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    import socket
+
+    from sparsect.data.store import atomic_write_bytes
+
+    dead = tmp_path / f".x.json.tmp-0000abcd-{2 ** 22 + 12345}@{socket.gethostname()}"
+    dead.write_text("half")  # pid above the kernel's pid_max: no such process
+    atomic_write_bytes(tmp_path / "x.json", b"{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]

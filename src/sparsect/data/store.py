@@ -41,8 +41,8 @@ def _alive(pid: int) -> bool:
 
 
 def _remove_stale(destination: Path) -> None:
-    """Removes temporary siblings of ``destination`` left by dead processes of this host
-    (those of other hosts, on a shared file system, are left alone)."""
+    """Removes temporary siblings (folders or files) of ``destination`` left by dead
+    processes of this host (those of other hosts, on a shared file system, stay)."""
     host = socket.gethostname()
     for kind in ("tmp", "old"):
         prefix = f".{destination.name}.{kind}-"
@@ -52,8 +52,10 @@ def _remove_stale(destination: Path) -> None:
                 dead = owner_host == host and not _alive(int(pid))
             except (IndexError, ValueError):
                 continue
-            if dead:
+            if dead and path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
+            elif dead:
+                path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -92,9 +94,10 @@ def atomic_dir(destination: Path) -> Iterator[Path]:
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Writes ``payload`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = path.parent / f".{path.name}.tmp-{_owner_tag()}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path)
         tmp.write_bytes(payload)
         os.replace(tmp, path)
     except OSError as error:
