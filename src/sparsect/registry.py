@@ -188,21 +188,21 @@ def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
     geometry = dict(module.hparams.geometry)
     name = model_name(geometry, model)
     with registry_lock(cfg, name):  # two processes must not register one checkpoint twice
-        existing = _find_version(client, name, sha256(checkpoint))
+        checkpoint_hash = sha256(checkpoint)
+        existing = _find_version(client, name, checkpoint_hash)
         if existing is not None:
             return existing
-        return _register(cfg, model, checkpoint, module, name, run_id, selection_psnr,
-                         selection_set, test_metrics)
+        return _register(model, checkpoint, checkpoint_hash, module, name, run_id,
+                         selection_psnr, selection_set, test_metrics)
 
 
-def _register(cfg: DictConfig, model: str, checkpoint: Path, module, name: str,
+def _register(model: str, checkpoint: Path, checkpoint_hash: str, module, name: str,
               run_id: str | None, selection_psnr: float, selection_set: str,
               test_metrics: dict[str, Any]):
     import mlflow
     from mlflow.models import infer_signature
 
     geometry, noise = dict(module.hparams.geometry), dict(module.hparams.noise)
-    checkpoint_hash = sha256(checkpoint)
     size = int(geometry["image_size"])
     example = np.zeros((1, int(module.hparams.in_channels), size, size), np.float32)
     example[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
