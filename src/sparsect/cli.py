@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from sparsect.errors import InputError
+from sparsect.notice import RESEARCH_NOTICE
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +31,10 @@ def _add_paths(parser: argparse.ArgumentParser, *names: str, required: bool = Tr
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sparsect", description="sparse-view CT: simulate, train, evaluate, register.",
-        epilog="Config overrides are given as key=value after the command.")
+        prog="sparsect",
+        description=f"sparse-view CT: simulate, train, evaluate, register. {RESEARCH_NOTICE}",
+        epilog="Config overrides are given as key=value after the command.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("params", help="compose conf/ into params.yaml")
@@ -107,7 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("reports/promotion.json"))
     _add_common(p)
 
-    p = commands.add_parser("reconstruct", help="reconstruct a scan or sinogram with a model")
+    p = commands.add_parser(
+        "reconstruct",
+        help="reconstruct a scan or sinogram with a model",
+        description="Reconstruct a CT scan or sinogram with a trained model or a classical "
+        f"method. {RESEARCH_NOTICE}",
+    )
     p.add_argument("input", type=Path, help="CT volume/slice, DICOM series, sinogram .npy, "
                                             "or a folder of them")
     p.add_argument("-o", "--output", type=Path, required=True,

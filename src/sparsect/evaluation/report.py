@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from sparsect.data.store import atomic_write_bytes, atomic_write_json
+from sparsect.notice import RESEARCH_NOTICE
 
 ORDER = ("fbp", "sirt", "tv", "unet", "sg_unet", "sg_threshold", "sg_oracle")
 REGION_NAMES = {"lung": "lung", "soft_tissue": "soft tissue", "bone": "bone", "body": "body"}
@@ -47,7 +48,7 @@ def write_plots(merged: dict, folder: Path) -> list[Path]:
 
 
 def markdown(merged: dict, figures: str = "views") -> str:
-    lines = ["# sparsect evaluation report", "",
+    lines = ["# sparsect evaluation report", "", f"> {RESEARCH_NOTICE}", "",
              "Test split only. PSNR and SSIM on HU clipped to a fixed window with a fixed data "
              "range; RMSE in HU. Brackets: 95% bootstrap confidence interval over test slices "
              "(1000 resamples; `metrics.json` also has the interval from resampling whole "
