@@ -18,7 +18,7 @@ import pytest
 from conftest import TINY_TRAINING, build_tiny_inputs, write_dicom_series
 from sparsect.config import load_params
 from sparsect.errors import InputError
-from sparsect.registry import ALIAS, promote, register, resolve_model_uri
+from sparsect.registry import ALIAS, lock_path, promote, register, registry_lock, resolve_model_uri
 from sparsect.stages.simulate import simulate
 from sparsect.stages.train import train
 
@@ -169,6 +169,25 @@ def test_missing_checkpoint_or_registry_model_is_explained(tmp_path):
         mlflow.set_tracking_uri(None)
 
 
+def test_registry_locks_live_in_an_ignored_folder_beside_the_store(tmp_path, monkeypatch):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert lock_path(store, "m").parent == tmp_path / ".sparsect-locks"
+    # the default store is at the repository root: its locks go to ./.sparsect-locks/,
+    # which git ignores, so `make run` leaves no lock files in the checkout
+    assert lock_path("sqlite:///mlflow.db", "m").parent == Path(".sparsect-locks")
+    lock = ".sparsect-locks/.sparsect-registry-0-m.lock"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", lock], cwd=ROOT)
+    assert ignored.returncode == 0, ".sparsect-locks/ must be listed in .gitignore"
+    # registry.lock_dir still wins (a folder shared by several hosts); a server's store
+    # has no folder here, so its locks go to the temp folder
+    assert lock_path(store, "m", str(tmp_path / "shared")).parent == tmp_path / "shared"
+    assert lock_path("http://host:5000", "m").parent.name != ".sparsect-locks"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    with registry_lock(load_params(ROOT / "params.yaml"), "m"):
+        assert lock_path(store, "m").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [".sparsect-locks"]
+
 
 @pytest.mark.slow
 def test_a_clearly_better_candidate_takes_the_alias(trained, tracking):
@@ -247,6 +266,7 @@ def test_racing_promotions_leave_one_champion_the_best(trained, tmp_path, monkey
     (barrier / "go").touch()
     outputs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    assert list((tmp_path / ".sparsect-locks").glob("*.lock")), "locks beside the store"
 
     client = mlflow.MlflowClient()
     versions = client.search_model_versions(f"name='{base.name}'")

@@ -121,15 +121,21 @@ def _client(cfg: DictConfig):
 
 
 LOCK_TIMEOUT_S = 600.0
+LOCK_FOLDER = ".sparsect-locks"  # beside an sqlite store; ignored by git
 
 
 def lock_path(uri: str, name: str, lock_dir: str | None = None) -> Path:
-    """The lock file guarding registered model ``name`` in the store at ``uri``."""
+    """The lock file guarding registered model ``name`` in the store at ``uri``.
+
+    ``lock_dir`` when given; for an sqlite store ``<dir>/mlflow.db``, the folder
+    ``<dir>/.sparsect-locks/`` (ignored by git, so a run leaves the checkout clean);
+    otherwise the temp folder.
+    """
     key = hashlib.md5(uri.encode()).hexdigest()[:12]
     if lock_dir is not None:
         folder = Path(lock_dir)
     elif urlparse(uri).scheme == "sqlite":
-        folder = Path(uri.removeprefix("sqlite:///")).parent
+        folder = Path(uri.removeprefix("sqlite:///")).parent / LOCK_FOLDER
     else:
         folder = Path(tempfile.gettempdir())
     return folder / f".sparsect-registry-{key}-{name}.lock"
