@@ -44,6 +44,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from sparsect.data import fpmath
+from sparsect.notice import RESEARCH_NOTICE_SHORT
 from sparsect.priors.classes import BACKGROUND, BONE, FAT, LUNG, SOFT_TISSUE
 
 __all__ = [
@@ -262,7 +264,7 @@ def _modulation(theta: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     """``1 + sum_k a_k cos(k theta + phase_k)`` for k = 2, 3, ...: an organic outline."""
     out = np.ones_like(theta)
     for k, (amplitude, phase) in enumerate(coeffs, start=2):
-        out += amplitude * np.cos(k * theta + phase)
+        out += amplitude * fpmath.cos(k * theta + phase)
     return out
 
 
@@ -280,12 +282,12 @@ def _ellipse_rho(
     ``z`` is simply ``rho < sqrt(1 - ((z - zc) / c)**2)``.
     """
     du, dv = u - centre[0], v - centre[1]
-    cos, sin = math.cos(angle), math.sin(angle)
+    cos, sin = _cos_sin(angle)
     p = (du * cos + dv * sin) / semi_axes[0]
     q = (-du * sin + dv * cos) / semi_axes[1]
-    rho = np.hypot(p, q)
+    rho = fpmath.hypot(p, q)
     if coeffs is not None:
-        rho /= _modulation(np.arctan2(q, p), coeffs)
+        rho /= _modulation(fpmath.arctan2(q, p), coeffs)
     return rho.astype(np.float32)
 
 
@@ -293,6 +295,25 @@ def _ellipsoid_scale(z: float, z_centre: float, z_semi: float) -> float:
     """In-plane scale of an ellipsoid's cross-section at height ``z`` (0 outside)."""
     t = (z - z_centre) / z_semi
     return math.sqrt(1.0 - t * t) if abs(t) < 1.0 else 0.0
+
+
+def _cos_sin(angle: float) -> tuple[float, float]:
+    return float(fpmath.cos(angle)), float(fpmath.sin(angle))
+
+
+def _dot3(a: np.ndarray, b: np.ndarray) -> float:
+    """Dot product of 3-vectors in a fixed order (``@`` goes through BLAS kernels)."""
+    return float(a[0] * b[0] + a[1] * b[1] + a[2] * b[2])
+
+
+def _norm3(a: np.ndarray) -> float:
+    return math.sqrt(_dot3(a, a))
+
+
+def _rows_dot3(rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Row-wise dot products of ``(N, 3)`` rows with ``(N, 3)`` rows or a 3-vector."""
+    vector = np.broadcast_to(vector, rows.shape)
+    return rows[:, 0] * vector[:, 0] + rows[:, 1] * vector[:, 1] + rows[:, 2] * vector[:, 2]
 
 
 class _Organ(NamedTuple):
@@ -318,7 +339,8 @@ class _Anatomy:
 
         def harmonics(count: int, amplitude: float) -> np.ndarray:
             return np.stack(
-                [rng.normal(0.0, amplitude, count), rng.uniform(0.0, 2 * np.pi, count)], axis=1
+                [fpmath.normal(rng, count, 0.0, amplitude), rng.uniform(0.0, 2 * np.pi, count)],
+                axis=1,
             )
 
         # Body outline: the back is flatter than the front, hence the asymmetry.
@@ -464,7 +486,8 @@ class _Anatomy:
         # Tissue attenuation of this subject.
         hu = np.zeros(_MAX_MATERIALS, dtype=np.float32)
         for index, material in enumerate(_MATERIALS.values()):
-            hu[index] = material.hu + (rng.normal(0.0, material.hu_sd) if material.hu_sd else 0.0)
+            spread = fpmath.normal(rng, None, 0.0, material.hu_sd) if material.hu_sd else 0.0
+            hu[index] = material.hu + spread
         self.material_hu = hu
         self.lung_gradient = uniform(20.0, 45.0)  # HU, dependent (posterior) lung is denser
 
@@ -482,9 +505,10 @@ class _Anatomy:
 def _superellipse_radius(
     theta: np.ndarray, a: float, b_ant: float, b_post: float, n: float
 ) -> np.ndarray:
-    cos, sin = np.abs(np.cos(theta)), np.sin(theta)
+    cos, sin = np.abs(fpmath.cos(theta)), fpmath.sin(theta)
     b = np.where(sin >= 0, b_ant, b_post)
-    return (cos**n / a**n + np.abs(sin) ** n / b**n) ** (-1.0 / n)
+    pow_ = fpmath.pow_positive
+    return pow_(pow_(cos / a, n) + pow_(np.abs(sin) / b, n), -1.0 / n)
 
 
 def _body_radius(an: _Anatomy, theta: np.ndarray, abdomen: bool) -> np.ndarray:
@@ -504,8 +528,8 @@ def _muscle_thickness(an: _Anatomy, theta: np.ndarray, abdomen: bool) -> np.ndar
     if abdomen:
         return np.full_like(theta, an.muscle_abdomen)
     # Pectoral bulk on both sides of the sternum (theta = +-60 deg off anterior).
-    off_anterior = np.angle(np.exp(1j * (theta - np.pi / 2)))
-    bump = np.exp(-(((np.abs(off_anterior) - 0.6) / 0.35) ** 2))
+    off_anterior = fpmath.wrap_angle(theta - np.pi / 2)
+    bump = fpmath.exp(-(((np.abs(off_anterior) - 0.6) / 0.35) ** 2))
     return an.muscle_thorax + an.pectoral * bump
 
 
@@ -526,7 +550,7 @@ def _fit_scale(an: _Anatomy, config: PhantomConfig) -> float:
     theta = np.linspace(-np.pi, np.pi, 721)
     r_max = max(_body_radius(an, theta, abdomen).max() for abdomen in (False, True))
     fov_radius = min(n * s for n, s in zip(config.shape[:2], config.spacing_mm[:2], strict=True))
-    limit = fov_radius / 2 - config.fov_margin_mm - math.hypot(*an.offset)
+    limit = fov_radius / 2 - config.fov_margin_mm - float(fpmath.hypot(*an.offset))
     if limit <= 0:
         raise ValueError(
             f"field of view {fov_radius:.0f} mm is too small for a torso phantom: "
@@ -540,12 +564,12 @@ def _make_grid(an: _Anatomy, config: PhantomConfig) -> _Grid:
     sx, sy, sz = config.spacing_mm
     f, fz = config.supersample, config.slab_samples
     scale = _fit_scale(an, config)
-    cos, sin = math.cos(an.rotation), math.sin(an.rotation)
+    cos, sin = _cos_sin(an.rotation)
 
     # Bounding box of the body outline in world coordinates, plus a margin for the PSF.
     theta = np.linspace(-np.pi, np.pi, 721)
     radius = np.maximum(_body_radius(an, theta, False), _body_radius(an, theta, True)) * scale
-    bu, bv = radius * np.cos(theta), radius * np.sin(theta)
+    bu, bv = radius * fpmath.cos(theta), radius * fpmath.sin(theta)
     bx = an.offset[0] + cos * bu - sin * bv
     by = an.offset[1] + sin * bu + cos * bv
     margin = 3
@@ -575,13 +599,13 @@ class _Fields:
     def __init__(self, an: _Anatomy, grid: _Grid) -> None:
         u, v = grid.u, grid.v
         self.u, self.v = u, v
-        self.r = np.hypot(u, v).astype(np.float32)
-        theta = np.arctan2(v, u)
+        self.r = fpmath.hypot(u, v).astype(np.float32)
+        theta = fpmath.arctan2(v, u)
         # Angle from the posterior midline, 0 (back) .. pi (front), same on both sides.
-        self.phi = np.arccos(np.clip(-np.sin(theta), -1.0, 1.0)).astype(np.float32)
+        self.phi = fpmath.arctan2(np.abs(u), -v).astype(np.float32)
         self.rib_shift = np.where(u < 0, an.rib_side_shift, 0.0).astype(np.float32)
         for amplitude, k, phase in an.rib_wobble:
-            self.rib_shift += (amplitude * np.sin(k * self.phi + phase)).astype(np.float32)
+            self.rib_shift += (amplitude * fpmath.sin(k * self.phi + phase)).astype(np.float32)
         self.body = [_body_radius(an, theta, ab).astype(np.float32) for ab in (False, True)]
         self.fat = [_fat_thickness(an, theta, ab).astype(np.float32) for ab in (False, True)]
         self.muscle = [_muscle_thickness(an, theta, ab).astype(np.float32) for ab in (False, True)]
@@ -600,7 +624,7 @@ class _Fields:
 
         # Spine: vertebral body, canal, paraspinal muscles and processes.
         self.vb = _ellipse_rho(u, v, (an.spine_u, an.vb_v), an.vb_semi)
-        self.canal = np.hypot(u - an.spine_u, v - an.canal_v).astype(np.float32)
+        self.canal = fpmath.hypot(u - an.spine_u, v - an.canal_v).astype(np.float32)
         self.paraspinal = _ellipse_rho(u, v, (an.spine_u, an.canal_v - 14.0), an.paraspinal_semi)
         du = u - an.spine_u
         self.spinous = (np.abs(du) < 3.5) & (v < an.canal_v - an.canal_radius - 2.0)
@@ -608,7 +632,8 @@ class _Fields:
         self.transverse = np.zeros(u.shape, dtype=bool)
         for side in (1.0, -1.0):
             start_u, start_v = an.spine_u + side * (an.canal_radius + 3.0), an.canal_v + 2.0
-            dir_u, dir_v = side * math.cos(0.35), -math.sin(0.35)
+            cos_tilt, sin_tilt = _cos_sin(0.35)
+            dir_u, dir_v = side * cos_tilt, -sin_tilt
             along = (u - start_u) * dir_u + (v - start_v) * dir_v
             across = -(u - start_u) * dir_v + (v - start_v) * dir_u
             self.transverse |= (along > 0) & (along < 26.0) & (np.abs(across) < 4.0)
@@ -634,7 +659,7 @@ class _Fields:
         # Left ventricle: towards the apex along the long axis, and posterior.
         h = an.heart
         along, behind = 0.2 * h.semi[0], 0.25 * h.semi[1]
-        cos, sin = math.cos(h.angle), math.sin(h.angle)
+        cos, sin = _cos_sin(h.angle)
         lv_centre = (
             h.centre[0] + along * cos + behind * sin,
             h.centre[1] + along * sin - behind * cos,
@@ -648,7 +673,7 @@ class _Fields:
             an.liver_left_edge
             + 0.35 * an.a_c * np.clip(-v / (0.8 * an.b_c), 0.0, 1.0)
             + an.liver_edge_curve * ((v - an.liver.centre[1]) / an.b_c) ** 2
-            + amplitude * np.sin(v / wavelength + phase)
+            + amplitude * fpmath.sin(v / wavelength + phase)
         ).astype(np.float32)
         self.stomach = rho(an.stomach)
         self.spleen = rho(an.spleen)
@@ -661,10 +686,12 @@ class _Fields:
                 _ellipse_rho(u, v, centre, (0.45 * k.semi[0], 0.35 * k.semi[1]), k.angle)
             )
         self.bowel = [rho(b) for b in an.bowel]
-        self.esophagus = np.hypot(
+        self.esophagus = fpmath.hypot(
             u - an.esophagus_u, v - (an.vb_v + an.vb_semi[1] + an.esophagus_radius + 3.0)
+        ).astype(np.float32)
+        self.ivc = fpmath.hypot(u - an.ivc_u, v - (an.vb_v + an.vb_semi[1] + an.ivc_v)).astype(
+            np.float32
         )
-        self.ivc = np.hypot(u - an.ivc_u, v - (an.vb_v + an.vb_semi[1] + an.ivc_v))
 
 
 def _paint_slice(an: _Anatomy, fields: _Fields, z: float) -> tuple[np.ndarray, np.ndarray]:
@@ -742,7 +769,7 @@ def _paint_slice(an: _Anatomy, fields: _Fields, z: float) -> tuple[np.ndarray, n
         an.spine_u - (0.6 * an.vb_semi[0] + an.aorta_radius + an.aorta_gap)
     ) + ta * an.aorta_abdomen_u
     aorta_v = (1 - ta) * (an.vb_v + 4.0) + ta * (an.vb_v + an.vb_semi[1] + an.aorta_radius + 2.0)
-    aorta_d = np.hypot(F.u - aorta_u, F.v - aorta_v)
+    aorta_d = fpmath.hypot(F.u - aorta_u, F.v - aorta_v)
     has_ivc = z < an.h_right + 5.0
     has_esophagus = z > an.h_left - 25.0
 
@@ -844,7 +871,7 @@ def _segment_coverage(
     y = grid.y[index[1]][None, :, None] - start[1]
     z = grid.z[index[2]][None, None, :] - start[2]
     d = end - start
-    length2 = float(d @ d)
+    length2 = _dot3(d, d)
     t = (x * d[0] + y * d[1] + z * d[2]) / length2 if length2 > 0 else 0.0 * x
     t = np.clip(t, 0.0, 1.0)
     dist2 = (x - t * d[0]) ** 2 + (y - t * d[1]) ** 2 + (z - t * d[2]) ** 2
@@ -919,14 +946,14 @@ def _grow_vessel_trees(
         for root in rng.choice(roots, size=min(spec.roots, roots.size), replace=False):
             radius = float(rng.uniform(*spec.root_radius_mm)) * grid.scale
             direction = lateral + np.array([0.0, 0.0, rng.uniform(0.0, 1.2)])
-            queue.append((pts[root], direction / np.linalg.norm(direction), radius))
+            queue.append((pts[root], direction / _norm3(direction), radius))
         segments = 0
         while queue and segments < spec.max_segments:
             start, direction, radius = queue.popleft()
             length = float(np.clip(radius * rng.uniform(6.0, 10.0), 5.0, 35.0))
             rel = pts - start
-            dist = np.sqrt(np.einsum("ij,ij->i", rel, rel))
-            cosine = (rel @ direction) / np.maximum(dist, 1e-6)
+            dist = np.sqrt(_rows_dot3(rel, rel))
+            cosine = _rows_dot3(rel, direction) / np.maximum(dist, 1e-6)
             near = (dist > 0.5 * length) & (dist < 3.0 * length)
             candidates = np.flatnonzero(near & (cosine > 0.3))
             if candidates.size == 0:  # nothing ahead: allow a sharper turn
@@ -934,9 +961,9 @@ def _grow_vessel_trees(
             if candidates.size == 0:
                 continue
             target = pts[candidates[int(rng.integers(candidates.size))]]
-            heading = (target - start) / np.linalg.norm(target - start)
+            heading = (target - start) / _norm3(target - start)
             new_dir = 0.4 * direction + 0.6 * heading
-            new_dir /= np.linalg.norm(new_dir)
+            new_dir /= _norm3(new_dir)
             end = start + length * new_dir
             if not inside_host(end):
                 continue
@@ -1007,7 +1034,13 @@ class _Blocks:
     def mean(self, table: np.ndarray) -> np.ndarray:
         """Average of ``table[value]`` over each output voxel (float32)."""
         out = table[self.first]
-        out[self.mixed] = table[self.rows].mean(axis=1)
+        # Sample by sample, in a fixed order: numpy's reductions are free to
+        # pick their summation order by SIMD width.
+        values = table[self.rows]
+        total = values[:, 0].copy()
+        for j in range(1, values.shape[1]):
+            total += values[:, j]
+        out[self.mixed] = total / np.float32(values.shape[1])
         return out
 
     def majority(self) -> np.ndarray:
@@ -1024,7 +1057,7 @@ def _correlated_noise(
     rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: float, spacing: tuple[float, ...]
 ) -> np.ndarray:
     """Unit-variance Gaussian noise smoothed with an isotropic ``sigma_mm`` kernel."""
-    noise = rng.standard_normal(shape, dtype=np.float32)
+    noise = fpmath.normal(rng, shape).astype(np.float32)
     field = ndimage.gaussian_filter(noise, [sigma_mm / s for s in spacing], mode="reflect")
     sd = float(field.std())
     return field / sd if sd > 0 else field
@@ -1085,7 +1118,8 @@ def generate_subject(
     # Gravity-dependent lung density: posterior (dependent) parenchyma is denser.
     is_lung = np.zeros(_MAX_MATERIALS, dtype=np.float32)
     is_lung[_M["lung"]] = 1.0
-    v_native = grid.v.reshape(hu_crop.shape[0], f, hu_crop.shape[1], f).mean(axis=(1, 3))
+    v_blocks = grid.v.reshape(hu_crop.shape[0], f, hu_crop.shape[1], f)
+    v_native = sum(v_blocks[:, i, :, j] for i in range(f) for j in range(f)) / np.float32(f * f)
     gradient = an.lung_gradient * np.clip(-v_native / an.b_c, -1.0, 1.0)
     hu_crop += materials.mean(is_lung) * gradient[:, :, None].astype(np.float32)
 
@@ -1104,13 +1138,20 @@ def generate_subject(
 # --------------------------------------------------------------------------- NIfTI
 
 
+_SCAN_DESCRIPTION = f"CT torso phantom, HU; {RESEARCH_NOTICE_SHORT}"
+_SEG_DESCRIPTION = f"sparsect organ labels; {RESEARCH_NOTICE_SHORT}"
+
+
 def _nifti_gz_bytes(data: np.ndarray, affine: np.ndarray, description: str, label: bool) -> bytes:
     """Serialises a volume as .nii.gz bytes that depend on the data only (no timestamps)."""
     image = nib.Nifti1Image(data, affine)
     header = image.header
     header.set_data_dtype(data.dtype)
     header.set_xyzt_units("mm", "sec")
-    header["descrip"] = description.encode()[:79]
+    encoded = description.encode()
+    if len(encoded) > 79:  # the field holds 80 bytes with its terminating NUL
+        raise ValueError(f"NIfTI description is {len(encoded)} bytes, the field holds 79")
+    header["descrip"] = encoded
     if label:
         header.set_intent("label")
     # code 1 = scanner-based anatomical coordinates (RAS+ world in mm).
@@ -1164,11 +1205,10 @@ def write_dataset(
             hu_int = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
             scan, seg = f"subject_{i:03d}.nii.gz", f"subject_{i:03d}_seg.nii.gz"
             _write_synced(
-                staging / scan, _nifti_gz_bytes(hu_int, affine, "CT torso phantom, HU", label=False)
+                staging / scan, _nifti_gz_bytes(hu_int, affine, _SCAN_DESCRIPTION, label=False)
             )
             _write_synced(
-                staging / seg,
-                _nifti_gz_bytes(labels, affine, "organ labels, sparsect ORGAN_LABELS", label=True),
+                staging / seg, _nifti_gz_bytes(labels, affine, _SEG_DESCRIPTION, label=True)
             )
             names += [scan, seg]
         out_dir.mkdir(parents=True, exist_ok=True)
