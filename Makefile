@@ -4,21 +4,56 @@ VENV ?= .venv
 PYTHON ?= python3
 # CPU build of torch, installed before the project so that its torch range is
 # already satisfied (a bare `torch` requirement would pull a multi-GB CUDA build).
-# On a GPU machine: make run TORCH_SPEC='torch==2.13.0 --index-url <your CUDA wheel index>'
+# On a GPU machine: make run TORCH_SPEC='torch==2.13.0 --extra-index-url <your CUDA wheel index>'
+# (an extra index: torch's own dependencies still come at their locked versions from PyPI).
 TORCH_SPEC ?= torch==2.13.0
+# Exact versions of everything else (see its header); `make lock` rewrites it.
+LOCK ?= requirements/lock-linux-x86_64.txt
+# Extras resolved into the lock (comma-separated, as in pip: dev,slurm), and what
+# the lock leaves out (torch and the CUDA libraries come with TORCH_SPEC; sparsect
+# is this checkout).
+LOCK_EXTRAS ?= dev
+LOCK_EXCLUDE = ^(torch|triton|sparsect|nvidia[-_.][^=]*)==
 BIN = $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast lint params clean ablation
+.PHONY: setup run test test-fast lint params clean ablation lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# pip at its locked version, torch with its dependencies held to the lock, the
+# lock, then this project alone (its dependencies are in the lock, extras too);
+# `pip check` proves the result consistent.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) pip
+	$(BIN)/python -m pip install --quiet -c $(LOCK) $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
+
+# Re-resolves pyproject.toml's ranges (newest releases that fit) in a fresh virtual
+# environment in a temp folder and writes its `pip list` minus LOCK_EXCLUDE to
+# $(LOCK), keeping the header. Linux x86-64 only: the lock is for these machines.
+lock:
+	@set -e; \
+	$(PYTHON) -c 'import platform, sys; sys.exit(sys.platform != "linux" or platform.machine() != "x86_64")' \
+		|| { echo "make lock: run on linux x86-64 (the lock is for those machines)" >&2; exit 1; }; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet --upgrade pip setuptools; \
+	"$$tmp/venv/bin/python" -m pip install --quiet $(TORCH_SPEC); \
+	"$$tmp/venv/bin/python" -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [x for x in sys.argv[1].split(",") if x]; print("\n".join(p["dependencies"] + [r for x in extras for r in p["optional-dependencies"][x]]))' \
+		'$(LOCK_EXTRAS)' > "$$tmp/requirements.txt"; \
+	"$$tmp/venv/bin/python" -m pip install --quiet -r "$$tmp/requirements.txt"; \
+	"$$tmp/venv/bin/python" -m pip check; \
+	mkdir -p $(dir $(LOCK)); \
+	{ if [ -f $(LOCK) ]; then awk '!/^#/ {exit} {print}' $(LOCK); fi; \
+	  "$$tmp/venv/bin/python" -m pip list --format=freeze | grep -v -i -E '$(LOCK_EXCLUDE)'; \
+	} > "$$tmp/lock.txt"; \
+	mv "$$tmp/lock.txt" $(LOCK); \
+	echo "$(LOCK): $$(grep -c -v '^#' $(LOCK)) packages pinned; now: make setup && make test"
 
 run: setup
 	$(BIN)/sparsect make-data --if-empty --out data
@@ -47,4 +82,4 @@ params: setup
 	$(BIN)/sparsect params
 
 clean:
-	rm -rf artifacts reports/views mlflow.db mlruns
+	rm -rf artifacts reports/views mlflow.db mlruns mlartifacts .sparsect-locks
