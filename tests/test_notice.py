@@ -124,3 +124,15 @@ def test_installed_script_prints_the_notice():
         )
         assert done.returncode == 0, done.stderr
         assert normalised(RESEARCH_NOTICE) in normalised(done.stdout)
+
+
+def test_phantom_nifti_files_carry_the_short_notice(tmp_path):
+    from sparsect.data.phantom import PhantomConfig, write_dataset
+
+    config = PhantomConfig(shape=(160, 160, 2), spacing_mm=(3.0, 3.0, 5.0))
+    write_dataset(tmp_path / "data", subjects=1, seed=0, config=config)
+    files = sorted((tmp_path / "data").glob("*.nii.gz"))
+    assert [f.name for f in files] == ["subject_000.nii.gz", "subject_000_seg.nii.gz"]
+    for path in files:
+        descrip = bytes(nib.load(path).header["descrip"]).rstrip(b"\0")
+        assert len(descrip) <= 79 and RESEARCH_NOTICE_SHORT in descrip.decode(), (path, descrip)
