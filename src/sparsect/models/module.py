@@ -58,7 +58,8 @@ class ReconModule(pl.LightningModule):
         if prior not in PRIOR_VARIANTS:
             raise ValueError(f"unknown prior '{prior}': choose one of {PRIOR_VARIANTS}")
         self.save_hyperparameters()
-        self.loss_weights = {"l1": 1.0, "ssim": 0.1, "ce": 0.02, "dice": 0.02, "region": 0.0,
+        # defaults as in conf/trainer/cpu.yaml (chosen on validation there)
+        self.loss_weights = {"l1": 1.0, "ssim": 0.1, "ce": 0.005, "dice": 0.005, "region": 0.0,
                              **(loss or {})}
         if prior == "none":
             if match_params:  # same capacity as the semantically-guided model
