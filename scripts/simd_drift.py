@@ -85,31 +85,29 @@ def _val_psnr(models_root: Path) -> dict[str, dict[str, float]]:
 
 
 def champions_after_cross_promotion(clone: Path) -> list[dict]:
-    """Promotes the clone's models into a copy of this checkout's registry."""
-    store = Path(tempfile.mkdtemp(prefix="sparsect-drift-")) / "mlflow.db"
-    shutil.copy2(ROOT / "mlflow.db", store)
+    """Promotes the clone's models into a copy of this checkout's registry.
+
+    Their training runs live in the clone's own MLflow store, so each is
+    registered from a new run in the copy (the summaries lose their run ids).
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="sparsect-drift-"))
+    shutil.copy2(ROOT / "mlflow.db", scratch / "mlflow.db")
+    models = scratch / "models"
+    shutil.copytree(clone / "artifacts" / "models", models)
+    for summary in models.glob("*/summary.json"):
+        entries = json.loads(summary.read_text())
+        for entry in entries.values():
+            entry.pop("mlflow_run_id", None)
+        summary.write_text(json.dumps(entries))
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}",
     }
-    out = clone / "reports" / "cross_promotion.json"
-    _run(
-        [
-            "sparsect",
-            "promote",
-            "--prepared",
-            "artifacts/prepared",
-            "--models",
-            "artifacts/models",
-            "--evaluations",
-            "reports/views",
-            "--out",
-            str(out),
-        ],
-        clone,
-        env,
-    )
+    out = scratch / "cross_promotion.json"
+    command = ["sparsect", "promote", "--prepared", "artifacts/prepared", "--models",
+               str(models), "--evaluations", "reports/views", "--out", str(out)]
+    _run(command, clone, env)
     return json.loads(out.read_text())["decisions"]
 
 
