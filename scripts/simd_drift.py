@@ -88,17 +88,10 @@ def champions_after_cross_promotion(clone: Path) -> list[dict]:
     """Promotes the clone's models into a copy of this checkout's registry.
 
     Their training runs live in the clone's own MLflow store, so each is
-    registered from a new run in the copy (the summaries lose their run ids).
+    registered from a new run in the copy.
     """
     scratch = Path(tempfile.mkdtemp(prefix="sparsect-drift-"))
     shutil.copy2(ROOT / "mlflow.db", scratch / "mlflow.db")
-    models = scratch / "models"
-    shutil.copytree(clone / "artifacts" / "models", models)
-    for summary in models.glob("*/summary.json"):
-        entries = json.loads(summary.read_text())
-        for entry in entries.values():
-            entry.pop("mlflow_run_id", None)
-        summary.write_text(json.dumps(entries))
     env = {
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -106,7 +99,7 @@ def champions_after_cross_promotion(clone: Path) -> list[dict]:
     }
     out = scratch / "cross_promotion.json"
     command = ["sparsect", "promote", "--prepared", "artifacts/prepared", "--models",
-               str(models), "--evaluations", "reports/views", "--out", str(out)]
+               "artifacts/models", "--evaluations", "reports/views", "--out", str(out)]
     _run(command, clone, env)
     return json.loads(out.read_text())["decisions"]
 

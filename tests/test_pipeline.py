@@ -8,6 +8,7 @@ import json
 import pytest
 
 from conftest import sh, tool_env
+from sparsect.tracking import CHECKPOINT_TAG, sha256_file
 
 
 @pytest.mark.slow
@@ -57,7 +58,11 @@ def test_dvc_status_is_clean_and_mlflow_holds_one_run_per_model(tiny_repo):
         assert "val/psnr" in run.data.metrics and "train/loss" in run.data.metrics
         assert run.data.tags["git_commit"]
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
-        assert artifacts == ["checkpoints/best.ckpt"]
+        assert artifacts == ["checkpoints/selected.ckpt"]
+        # the run is found again by the content of the checkpoint it wrote
+        model, views = run.info.run_name.split("@")
+        output = tiny_repo / "artifacts" / "models" / views / f"{model}.ckpt"
+        assert run.data.tags[CHECKPOINT_TAG] == sha256_file(output)
 
 
 @pytest.mark.slow

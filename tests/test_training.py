@@ -100,3 +100,29 @@ def test_killed_training_resumes_to_the_same_epoch_count_in_one_run(arrays):
     # every epoch's validation, before and after the kill, is in the one run
     assert len({m.step for m in history}) >= epochs
     assert not (arrays / ".models_resume.work").exists()  # cleaned once complete
+
+
+@pytest.mark.slow
+def test_equal_training_in_two_folders_writes_byte_identical_outputs(arrays):
+    """The stage output carries no absolute path and no run id: retraining the same
+    config elsewhere gives the same DVC hash (dvc.lock changes only with results),
+    and each output still leads back to the MLflow run that trained it."""
+    outputs = {}
+    for label in ("here", "there"):
+        done = subprocess.run(train_command(arrays, f"models_{label}", "trainer.max_epochs=2"),
+                              env=environment(arrays, label), capture_output=True, text=True,
+                              timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        folder = arrays / f"models_{label}"
+        outputs[label] = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    assert sorted(outputs["here"]) == ["sg_unet.ckpt", "summary.json", "unet.ckpt"]
+    different = [n for n in outputs["here"] if outputs["here"][n] != outputs["there"][n]]
+    assert not different, f"outputs differ between folders: {different}"
+
+    from sparsect.tracking import training_run_id
+
+    for label in ("here", "there"):
+        uri = f"sqlite:///{arrays / label}.db"
+        found = training_run_id(uri, arrays / f"models_{label}" / "unet.ckpt")
+        (run,) = [r for r in runs(arrays, label) if r.info.run_name == "unet@16"]
+        assert found == run.info.run_id

@@ -36,7 +36,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from sparsect.errors import InputError
-from sparsect.tracking import provenance_tags, tracking_uri
+from sparsect.tracking import CHECKPOINT_TAG, provenance_tags, sha256_file, tracking_uri
 
 ALIAS = "champion"
 DEPLOYABLE = ("unet", "sg_unet", "sg_threshold")  # never the oracle: it needs full-dose masks
@@ -53,19 +53,11 @@ def model_name(geometry: dict[str, Any], model: str) -> str:
     return f"sparsect-{geometry['beam']}-{geometry['views']}v-{model}"
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def split_hash(prepared_dir: Path, split: str) -> str:
     """Identity of a frozen split: its reference slices and their index."""
     folder = Path(prepared_dir) / split
-    return hashlib.sha256((sha256(folder / "hu.npy") + sha256(folder / "index.json")).encode()
-                          ).hexdigest()[:16]
+    parts = sha256_file(folder / "hu.npy") + sha256_file(folder / "index.json")
+    return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
 
 class ReconstructionModel(_PythonModel):
@@ -176,7 +168,7 @@ def _find_version(client, name: str, checkpoint_hash: str):
     except MlflowException:
         return None
     for version in versions:
-        if version.tags.get("checkpoint_sha256") == checkpoint_hash:
+        if version.tags.get(CHECKPOINT_TAG) == checkpoint_hash:
             return version
     return None
 
@@ -194,7 +186,7 @@ def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
     geometry = dict(module.hparams.geometry)
     name = model_name(geometry, model)
     with registry_lock(cfg, name):  # two processes must not register one checkpoint twice
-        checkpoint_hash = sha256(checkpoint)
+        checkpoint_hash = sha256_file(checkpoint)
         existing = _find_version(client, name, checkpoint_hash)
         if existing is not None:
             return existing
@@ -223,7 +215,7 @@ def _register(model: str, checkpoint: Path, checkpoint_hash: str, module, name: 
         )
     tags = {
         **provenance_tags(),
-        "checkpoint_sha256": checkpoint_hash,
+        CHECKPOINT_TAG: checkpoint_hash,
         "selection_set": selection_set,
         "selection_psnr": f"{selection_psnr:.6f}",
         "model": model,

@@ -54,6 +54,35 @@ def git_commit(root: Path = Path(".")) -> str:
     return result.stdout.strip() or "unknown"
 
 
+CHECKPOINT_TAG = "checkpoint_sha256"
+"""Tag linking an MLflow run (and a registered version) to the checkpoint it made."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def training_run_id(uri: str, checkpoint: Path) -> str | None:
+    """The MLflow run that trained ``checkpoint``, found by its content hash, or None.
+
+    Stage outputs hold no run ids: a run id is new on every run, so it would make
+    DVC see a new output (and a new ``dvc.lock``) when the weights are the same.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    runs = client.search_runs(experiments, f"tags.{CHECKPOINT_TAG} = '{sha256_file(checkpoint)}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
 def file_hash(path: Path) -> str:
     """md5 of a small provenance file (``data.dvc``, ``dvc.lock``), or 'missing'."""
     path = Path(path)

@@ -7,12 +7,32 @@ module is rebuilt from the plain hyper-parameters stored beside the weights.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
 
 from sparsect.errors import InputError
 from sparsect.models.module import ReconModule
+
+
+def save_portable(source: Path, target: Path) -> Path:
+    """Writes the checkpoint ``source`` to ``target`` without its callback state.
+
+    Lightning's ModelCheckpoint state holds absolute paths of the work folder, so
+    the same weights trained in two checkouts made two files: two DVC hashes and two
+    registry versions of one model. Nothing downstream reads that state (resuming
+    uses ``last.ckpt`` in the work folder), and ``torch.save`` of equal content
+    writes equal bytes.
+    """
+    from sparsect.data.store import atomic_write_bytes
+
+    payload = torch.load(source, map_location="cpu", weights_only=True)
+    payload.pop("callbacks", None)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(Path(target), buffer.getvalue())
+    return Path(target)
 
 
 def load_module(path: Path, map_location: str | torch.device = "cpu") -> ReconModule:

@@ -178,19 +178,21 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
               title=f"{views} views, test split")
         residual_panel(tmp / "residuals.png", {k: v[picks] for k, v in residual_maps.items()},
                        title=f"{views} views: A x - y, measured sparse sinogram")
-    log_figures(cfg, summary, Path(out_dir))
+    log_figures(cfg, summary, Path(models_dir), Path(out_dir))
     return Path(out_dir)
 
 
-def log_figures(cfg: DictConfig, summary: dict, folder: Path) -> None:
-    """Attaches the report files to each model's MLflow run (skipped without a run id)."""
+def log_figures(cfg: DictConfig, summary: dict, models_dir: Path, folder: Path) -> None:
+    """Attaches the report files to each model's MLflow run (skipped when no run of
+    this tracking store trained the checkpoint)."""
     import mlflow
 
-    from sparsect.tracking import tracking_uri
+    from sparsect.tracking import tracking_uri, training_run_id
 
-    client = mlflow.MlflowClient(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    client = mlflow.MlflowClient(uri)
     for info in summary.values():
-        run_id = info.get("mlflow_run_id")
+        run_id = training_run_id(uri, Path(models_dir) / info["checkpoint"])
         if not run_id:
             continue
         for name in ("metrics.json", "panel.png", "residuals.png"):

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from sparsect.data.store import atomic_write_json, read_json
 from sparsect.registry import DEPLOYABLE, promote, register, split_hash
+from sparsect.tracking import tracking_uri, training_run_id
 
 
 def promote_all(cfg: DictConfig, prepared_dir: Path, models_root: Path, evaluations: Path,
@@ -20,6 +21,7 @@ def promote_all(cfg: DictConfig, prepared_dir: Path, models_root: Path, evaluati
     """Writes ``out_path``: one entry per registered model with its champion and the reason."""
     val_hash = split_hash(Path(prepared_dir), "val")
     margin = float(cfg.registry.margin_db)
+    uri = tracking_uri(cfg)
     decisions = []
     for views in cfg.sweep.views:
         summary = read_json(Path(models_root) / str(views) / "summary.json")
@@ -28,9 +30,9 @@ def promote_all(cfg: DictConfig, prepared_dir: Path, models_root: Path, evaluati
             if model not in DEPLOYABLE:
                 continue
             test_values = {k: v for k, v in metrics[model].items() if isinstance(v, float)}
-            version = register(cfg, model, Path(models_root) / str(views) / info["checkpoint"],
-                               info.get("mlflow_run_id"), float(info["best_val_psnr"]),
-                               val_hash, test_values)
+            checkpoint = Path(models_root) / str(views) / info["checkpoint"]
+            version = register(cfg, model, checkpoint, training_run_id(uri, checkpoint),
+                               float(info["best_val_psnr"]), val_hash, test_values)
             decision = promote(cfg, version, margin)
             decision.update(views=int(views), model=model, candidate=version.version)
             print(f"[promote] {decision['name']} v{version.version}: {decision['reason']}")

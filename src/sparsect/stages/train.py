@@ -37,9 +37,10 @@ from sparsect.data.datamodule import SliceDataModule, SplitPaths
 from sparsect.data.store import atomic_dir, atomic_write_json
 from sparsect.errors import InputError
 from sparsect.models.callbacks import AtomicCheckpointIO, EpochSummary
+from sparsect.models.checkpoint import save_portable
 from sparsect.models.module import ReconModule
 from sparsect.settings import geometry_from_cfg, noise_from_cfg
-from sparsect.tracking import flatten, provenance_tags, tracking_uri
+from sparsect.tracking import CHECKPOINT_TAG, flatten, provenance_tags, sha256_file, tracking_uri
 
 # model name -> prior variant
 MODELS = {"unet": "none", "sg_unet": "predicted", "sg_threshold": "threshold",
@@ -141,17 +142,18 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
     trainer.fit(module, datamodule, ckpt_path=str(last) if resuming else None)
     if not trainer.is_global_zero:
         return {}, False
-    best = Path(checkpoint.best_model_path)
-    logger.experiment.log_artifact(logger.run_id, str(best), artifact_path="checkpoints")
+    selected = save_portable(Path(checkpoint.best_model_path), work / "selected.ckpt")
+    logger.experiment.log_artifact(logger.run_id, str(selected), artifact_path="checkpoints")
+    # The run is found again by the checkpoint's content (evaluate, promote): the
+    # stage output holds no run id, which would differ on every run of equal weights.
+    logger.experiment.set_tag(logger.run_id, CHECKPOINT_TAG, sha256_file(selected))
     summary = {
         "prior": prior,
         "best_val_psnr": float(checkpoint.best_model_score),
         "epochs": int(trainer.current_epoch),
         "resumed": resuming,
-        "mlflow_run_id": logger.run_id,
         "checkpoint": f"{name}.ckpt",
     }
-    shutil.copy2(best, work / "selected.ckpt")
     atomic_write_json(state_file, {"fingerprint": fingerprint(cfg, name, views),
                                    "mlflow_run_id": logger.run_id, "summary": summary})
     return summary, True
