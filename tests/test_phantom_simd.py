@@ -169,3 +169,16 @@ def test_digests_are_of_real_files(everything_enabled):
     assert names == ["subject_000.nii.gz", "subject_000_seg.nii.gz"]
     empty = hashlib.sha256(b"").hexdigest()
     assert empty not in everything_enabled["files"].values()
+
+
+def test_fpmath_series_coefficients_are_exact_reciprocal_factorials():
+    import math
+
+    from sparsect.data import fpmath
+
+    # Highest order first (Horner); 21! and above do not fit in an int64.
+    assert fpmath._SIN_COEFFS == tuple((-1.0) ** k / math.factorial(2 * k + 1)
+                                       for k in range(11, 0, -1))
+    assert fpmath._COS_COEFFS == tuple((-1.0) ** k / math.factorial(2 * k)
+                                       for k in range(11, 0, -1))
+    assert all(c != 0 and abs(c) < 1e-20 for c in fpmath._SIN_COEFFS[:2])

@@ -21,6 +21,8 @@ True
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["arctan2", "cos", "exp", "hypot", "log", "normal", "pow_positive", "sin", "wrap_angle"]
@@ -41,9 +43,10 @@ _INV_LN2 = 1.4426950408889634
 _SQRT_HALF = 0.7071067811865476
 
 # Taylor coefficients 1/n! with alternating signs, highest order first (Horner).
-_SIN_COEFFS = tuple((-1.0) ** k / float(np.prod(np.arange(1, 2 * k + 2))) for k in range(11, 0, -1))
-_COS_COEFFS = tuple((-1.0) ** k / float(np.prod(np.arange(1, 2 * k + 1))) for k in range(11, 0, -1))
-_EXP_COEFFS = tuple(1.0 / float(np.prod(np.arange(1, n + 1))) for n in range(17, 1, -1))
+# (math.factorial is exact: n! overflows int64 from n = 21.)
+_SIN_COEFFS = tuple((-1.0) ** k / math.factorial(2 * k + 1) for k in range(11, 0, -1))
+_COS_COEFFS = tuple((-1.0) ** k / math.factorial(2 * k) for k in range(11, 0, -1))
+_EXP_COEFFS = tuple(1.0 / math.factorial(n) for n in range(17, 1, -1))
 
 
 def _array(x) -> np.ndarray:
