@@ -33,20 +33,12 @@ from sparsect.data.io import (
 )
 from sparsect.data.store import atomic_write_bytes
 from sparsect.errors import InputError
-from sparsect.notice import RESEARCH_NOTICE_SHORT
+from sparsect.notice import nifti_description
 from sparsect.physics import Geometry, NoiseModel, Projector, Simulator, mu_to_hu, reconstruct
 from sparsect.priors.masks import one_hot, tissue_masks_from_hu
 
 METHODS = ("model", "fbp", "sirt")
 HU_CLIP = (-1024.0, 3071.0)
-# The NIfTI ``descrip`` field holds 80 bytes, one of them the terminating NUL.
-DESCRIP_BYTES = 79
-
-
-def nifti_description() -> str:
-    """The ``descrip`` of every NIfTI written here: it always carries the short notice."""
-    text = f"written by sparsect; {RESEARCH_NOTICE_SHORT}"
-    return text if len(text.encode()) <= DESCRIP_BYTES else RESEARCH_NOTICE_SHORT
 
 
 def _is_volume(path: Path) -> bool:
@@ -80,7 +72,7 @@ def _save_nifti(path: Path, volume_hu: np.ndarray, affine: np.ndarray) -> None:
     image = nib.Nifti1Image(np.round(volume_hu).astype(np.int16), affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    image.header["descrip"] = nifti_description()
+    image.header["descrip"] = nifti_description("written by sparsect")
     path = Path(path)
     _check_output_name(path)
     atomic_write_bytes(path, nib.Nifti1Image.to_bytes(image) if path.suffix == ".nii"

@@ -12,3 +12,13 @@ RESEARCH_NOTICE = (
 
 RESEARCH_NOTICE_SHORT = "research prototype, not for clinical diagnosis"
 """The short form for fields with little room (the 80-byte NIfTI ``descrip``)."""
+
+DESCRIP_BYTES = 79
+"""Room in the NIfTI ``descrip`` field: 80 bytes, one of them the terminating NUL."""
+
+
+def nifti_description(what: str) -> str:
+    """``what`` and the short notice for a NIfTI ``descrip``; the notice alone if both
+    do not fit, so every NIfTI sparsect writes carries it."""
+    text = f"{what}; {RESEARCH_NOTICE_SHORT}"
+    return text if len(text.encode()) <= DESCRIP_BYTES else RESEARCH_NOTICE_SHORT

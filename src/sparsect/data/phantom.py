@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from sparsect.data import fpmath
-from sparsect.notice import RESEARCH_NOTICE_SHORT
+from sparsect.notice import nifti_description
 from sparsect.priors.classes import BACKGROUND, BONE, FAT, LUNG, SOFT_TISSUE
 
 __all__ = [
@@ -1138,8 +1138,8 @@ def generate_subject(
 # --------------------------------------------------------------------------- NIfTI
 
 
-_SCAN_DESCRIPTION = f"CT torso phantom, HU; {RESEARCH_NOTICE_SHORT}"
-_SEG_DESCRIPTION = f"sparsect organ labels; {RESEARCH_NOTICE_SHORT}"
+_SCAN_DESCRIPTION = nifti_description("CT torso phantom, HU")
+_SEG_DESCRIPTION = nifti_description("sparsect organ labels")
 
 
 def _nifti_gz_bytes(data: np.ndarray, affine: np.ndarray, description: str, label: bool) -> bytes:
@@ -1148,10 +1148,7 @@ def _nifti_gz_bytes(data: np.ndarray, affine: np.ndarray, description: str, labe
     header = image.header
     header.set_data_dtype(data.dtype)
     header.set_xyzt_units("mm", "sec")
-    encoded = description.encode()
-    if len(encoded) > 79:  # the field holds 80 bytes with its terminating NUL
-        raise ValueError(f"NIfTI description is {len(encoded)} bytes, the field holds 79")
-    header["descrip"] = encoded
+    header["descrip"] = description.encode()
     if label:
         header.set_intent("label")
     # code 1 = scanner-based anatomical coordinates (RAS+ world in mm).
