@@ -3,6 +3,7 @@ import pytest
 
 from sparsect.priors.classes import BACKGROUND, BONE, FAT, LUNG, SOFT_TISSUE
 from sparsect.priors.masks import one_hot, tissue_masks_from_hu, tissue_masks_from_labels
+from sparsect.priors.organs import ORGAN_LABELS, ORGAN_TO_TISSUE
 
 
 def _ellipse(shape, centre, radii):
@@ -60,6 +61,15 @@ def test_label_maps_take_a_table_and_reject_unknown_values():
     assert tissue_masks_from_labels(labels, table).tolist() == [[0, 1], [4, 1]]
     with pytest.raises(ValueError, match=r"label values \[9\]"):
         tissue_masks_from_labels(np.array([[9]]), table)
+
+
+def test_the_phantom_label_table_is_the_built_in_organ_table():
+    from sparsect.stages.masks import label_table
+
+    table = label_table("phantom")
+    assert table == ORGAN_TO_TISSUE and table is not ORGAN_TO_TISSUE  # a copy
+    assert set(table) == set(ORGAN_LABELS.values())
+    assert table[ORGAN_LABELS["bowel_gas"]] == LUNG  # classes follow HU: gas is air-dense
 
 
 def test_one_hot_shape():

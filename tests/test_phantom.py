@@ -15,10 +15,10 @@ from sparsect.data.phantom import (
     ORGAN_TO_TISSUE,
     PhantomConfig,
     generate_subject,
-    organ_to_tissue,
     phantom_affine,
     write_dataset,
 )
+from sparsect.priors import organs
 from sparsect.priors.classes import (
     BACKGROUND,
     BONE,
@@ -30,6 +30,7 @@ from sparsect.priors.classes import (
     NUM_TISSUE_CLASSES,
     SOFT_TISSUE,
 )
+from sparsect.priors.masks import tissue_masks_from_labels
 
 # Same 384 mm field of view as the default grid, at a quarter of the voxels.
 SMALL = PhantomConfig(shape=(128, 128, 8), spacing_mm=(3.0, 3.0, 5.0))
@@ -64,6 +65,11 @@ def threshold_classes(hu: np.ndarray) -> np.ndarray:
     return classes
 
 
+def organ_tissue(labels: np.ndarray) -> np.ndarray:
+    """Tissue classes of an organ label map, the way the ``masks`` stage derives them."""
+    return tissue_masks_from_labels(labels, ORGAN_TO_TISSUE)
+
+
 def median_hu(hu: np.ndarray, labels: np.ndarray, *organs: str) -> float:
     mask = np.isin(labels, [ORGAN_LABELS[o] for o in organs])
     assert mask.any(), f"no {organs} voxels"
@@ -87,22 +93,26 @@ def test_organ_table_covers_every_label_with_a_tissue_class():
         assert ORGAN_TO_TISSUE[ORGAN_LABELS[organ]] == tissue, organ
 
 
-def test_organ_to_tissue_is_a_vectorised_lookup():
+def test_the_phantom_tables_are_those_of_the_priors():
+    assert ORGAN_LABELS is organs.ORGAN_LABELS
+    assert ORGAN_TO_TISSUE is organs.ORGAN_TO_TISSUE
+    assert organs.NO_LABEL == -1 and organs.NO_LABEL not in ORGAN_TO_TISSUE
+
+
+def test_organ_table_maps_label_maps_to_tissue_classes():
     labels = np.array([[ORGAN_LABELS["lung"], ORGAN_LABELS["rib"]], [0, ORGAN_LABELS["fat"]]])
-    tissue = organ_to_tissue(labels)
+    tissue = organ_tissue(labels.astype(np.uint8))
     assert tissue.dtype == np.uint8 and tissue.shape == labels.shape
     assert tissue.tolist() == [[LUNG, BONE], [BACKGROUND, FAT]]
     everything = np.array(sorted(ORGAN_TO_TISSUE), dtype=np.uint8)
-    assert organ_to_tissue(everything).tolist() == [ORGAN_TO_TISSUE[v] for v in everything]
+    assert organ_tissue(everything).tolist() == [ORGAN_TO_TISSUE[v] for v in everything]
 
 
-def test_organ_to_tissue_rejects_unknown_or_non_integer_labels():
+def test_organ_table_rejects_unknown_labels_and_the_no_label_value():
     with pytest.raises(ValueError, match=r"\[200\]"):
-        organ_to_tissue(np.array([0, 200]))
-    with pytest.raises(ValueError, match="outside 0..255"):
-        organ_to_tissue(np.array([-1, 3]))
-    with pytest.raises(ValueError, match="integer"):
-        organ_to_tissue(np.array([0.0, 3.0]))
+        organ_tissue(np.array([0, 200]))
+    with pytest.raises(ValueError, match=r"\[-1\]"):
+        organ_tissue(np.array([organs.NO_LABEL, 3], dtype=np.int16))
 
 
 # --------------------------------------------------------------------------- generation
@@ -164,7 +174,7 @@ def test_body_stays_inside_the_reconstruction_circle(small):
 def test_labels_agree_with_hu_thresholds_inside_the_body(small, subject):
     hu, labels = small[subject]
     body = labels > 0
-    from_labels = organ_to_tissue(labels)[body]
+    from_labels = organ_tissue(labels)[body]
     from_hu = threshold_classes(hu)[body]
     assert (from_labels == from_hu).mean() > 0.9
     # Each class on its own: lung is air-dense, bone is above +200 HU, mostly.
@@ -202,7 +212,7 @@ def test_default_grid_is_fast_and_complete(default_subject):
     for organ in ("lung", "lung_vessel", "heart", "aorta", "liver", "spine", "rib", "fat"):
         assert (labels == ORGAN_LABELS[organ]).sum() > 100, organ
     body = labels > 0
-    agreement = (organ_to_tissue(labels)[body] == threshold_classes(hu)[body]).mean()
+    agreement = (organ_tissue(labels)[body] == threshold_classes(hu)[body]).mean()
     assert agreement > 0.9
     assert -900 <= median_hu(hu, labels, "lung") <= -750
     assert 40 <= median_hu(hu, labels, "liver") <= 80

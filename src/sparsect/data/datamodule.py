@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sparsect.data.store import load_array, read_json
-from sparsect.models.module import HU_SCALE
+from sparsect.physics.units import HU_SCALE
 from sparsect.priors.classes import NUM_TISSUE_CLASSES
 
 

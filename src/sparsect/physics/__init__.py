@@ -9,9 +9,10 @@ from .noise import NoiseModel
 from .projector import Projector
 from .reconstruct import reconstruct
 from .simulate import Simulator, simulate_slice
-from .units import MU_WATER_PER_MM, hu_to_mu, mu_to_hu
+from .units import HU_SCALE, MU_WATER_PER_MM, hu_to_mu, mu_to_hu
 
 __all__ = [
+    "HU_SCALE",
     "MU_WATER_PER_MM",
     "Geometry",
     "NoiseModel",

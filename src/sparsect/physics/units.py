@@ -13,6 +13,9 @@ import numpy as np
 # 0.1929 cm^2/g (NIST XCOM, 70 keV) times 1.0 g/cm^3 = 0.1929 1/cm = 0.0193 1/mm.
 MU_WATER_PER_MM = 0.0193
 
+# Intensity unit of the networks: they see ``hu / HU_SCALE``, so water is 0 and air -1.
+HU_SCALE = 1000.0
+
 
 def hu_to_mu(hu: np.ndarray | float, mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
     """Converts Hounsfield units to linear attenuation, ``mu = mu_water * (1 + hu / 1000)``.

@@ -13,7 +13,7 @@ from sparsect.data.store import atomic_dir, atomic_write_json, load_array, save_
 from sparsect.errors import InputError
 from sparsect.priors.classes import TISSUE_CLASSES
 from sparsect.priors.masks import tissue_masks_from_hu, tissue_masks_from_labels
-from sparsect.stages.prepare import NO_LABEL
+from sparsect.priors.organs import NO_LABEL, ORGAN_TO_TISSUE
 
 
 def label_table(spec: str | Mapping) -> dict[int, int]:
@@ -24,8 +24,6 @@ def label_table(spec: str | Mapping) -> dict[int, int]:
                 f"masks.label_table '{spec}' is unknown: use 'phantom' or a mapping "
                 "from label value to one of " + ", ".join(TISSUE_CLASSES) + "."
             )
-        from sparsect.data.phantom import ORGAN_TO_TISSUE
-
         return dict(ORGAN_TO_TISSUE)
     table = {}
     for label, name in spec.items():

@@ -11,8 +11,7 @@ from tqdm import tqdm
 from sparsect.data.io import axial_slices, find_scans, load_subject, standardise
 from sparsect.data.split import SPLITS, split_subjects
 from sparsect.data.store import atomic_dir, atomic_write_json, save_array
-
-NO_LABEL = -1
+from sparsect.priors.organs import NO_LABEL
 
 
 def prepare(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:

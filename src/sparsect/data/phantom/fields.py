@@ -1,0 +1,140 @@
+"""In-plane fields of a phantom that do not change along z, computed once per subject."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsect.data import fpmath
+from sparsect.data.phantom.anatomy import (
+    _Anatomy,
+    _body_radius,
+    _fat_thickness,
+    _muscle_thickness,
+    _Organ,
+)
+from sparsect.data.phantom.grid import _Grid
+from sparsect.data.phantom.shapes import _cos_sin, _ellipse_rho
+
+
+def _organ_rho(u: np.ndarray, v: np.ndarray, organ: _Organ) -> np.ndarray:
+    """Normalised radius of an organ's in-plane outline (< its ellipsoid scale inside)."""
+    return _ellipse_rho(u, v, organ.centre, organ.semi, organ.angle, organ.coeffs)
+
+
+class _Fields:
+    """In-plane fields that do not change with z, computed once per subject."""
+
+    def __init__(self, an: _Anatomy, grid: _Grid) -> None:
+        u, v = grid.u, grid.v
+        self.u, self.v = u, v
+        self.r = fpmath.hypot(u, v).astype(np.float32)
+        theta = fpmath.arctan2(v, u)
+        # Angle from the posterior midline, 0 (back) .. pi (front), same on both sides.
+        self.phi = fpmath.arctan2(np.abs(u), -v).astype(np.float32)
+        self.rib_shift = np.where(u < 0, an.rib_side_shift, 0.0).astype(np.float32)
+        for amplitude, k, phase in an.rib_wobble:
+            self.rib_shift += (amplitude * fpmath.sin(k * self.phi + phase)).astype(np.float32)
+        self.body = [_body_radius(an, theta, ab).astype(np.float32) for ab in (False, True)]
+        self.fat = [_fat_thickness(an, theta, ab).astype(np.float32) for ab in (False, True)]
+        self.muscle = [_muscle_thickness(an, theta, ab).astype(np.float32) for ab in (False, True)]
+        self._init_diaphragm(an)
+        self._init_spine(an)
+        self._init_sternum(an)
+        self._init_heart(an)
+        self._init_abdomen(an)
+        self._init_tubes(an)
+
+    def _init_diaphragm(self, an: _Anatomy) -> None:
+        u, v = self.u, self.v
+        # Diaphragm height: the higher of two paraboloid domes, with deeper
+        # posterior recesses (the costophrenic sulci reach lowest at the back).
+        heights = []
+        for (cu, cv), top in ((an.dome_right, an.h_right), (an.dome_left, an.h_left)):
+            # The anterior slope is flatter: the diaphragm attaches high at the
+            # xiphoid and costal margin, so the anterior recess is shallow.
+            dv = np.where(v > cv, (v - cv) / 1.8, v - cv)
+            d2 = ((u - cu) / an.dome_semi[0]) ** 2 + (dv / an.dome_semi[1]) ** 2
+            heights.append(top - an.dome_depth * d2)
+        posterior = np.clip(-v / an.b_c, 0.0, 1.0)
+        self.diaphragm = (np.maximum(*heights) - an.posterior_drop * posterior).astype(np.float32)
+
+    def _init_spine(self, an: _Anatomy) -> None:
+        u, v = self.u, self.v
+        # Spine: vertebral body, canal, paraspinal muscles and processes.
+        self.vb = _ellipse_rho(u, v, (an.spine_u, an.vb_v), an.vb_semi)
+        self.canal = fpmath.hypot(u - an.spine_u, v - an.canal_v).astype(np.float32)
+        self.paraspinal = _ellipse_rho(u, v, (an.spine_u, an.canal_v - 14.0), an.paraspinal_semi)
+        du = u - an.spine_u
+        self.spinous = (np.abs(du) < 3.5) & (v < an.canal_v - an.canal_radius - 2.0)
+        self.spinous &= v > an.canal_v - an.canal_radius - 30.0
+        self.transverse = np.zeros(u.shape, dtype=bool)
+        for side in (1.0, -1.0):
+            start_u, start_v = an.spine_u + side * (an.canal_radius + 3.0), an.canal_v + 2.0
+            cos_tilt, sin_tilt = _cos_sin(0.35)
+            dir_u, dir_v = side * cos_tilt, -sin_tilt
+            along = (u - start_u) * dir_u + (v - start_v) * dir_v
+            across = -(u - start_u) * dir_v + (v - start_v) * dir_u
+            self.transverse |= (along > 0) & (along < 26.0) & (np.abs(across) < 4.0)
+        # Posterior mediastinum (aorta, oesophagus, azygos, fat) between spine and heart.
+        self.central_band = (np.abs(du) < an.mediastinum_half_width) & (v > an.canal_v)
+        self.central_band &= v < an.vb_v + an.vb_semi[1] + 45.0
+
+    def _init_sternum(self, an: _Anatomy) -> None:
+        u, v = self.u, self.v
+        # Sternum in the anterior chest wall.
+        front = float(_body_radius(an, np.array([np.pi / 2]), False)[0])
+        front_wall = float(
+            _fat_thickness(an, np.array([np.pi / 2]), False)[0]
+            + _muscle_thickness(an, np.array([np.pi / 2]), False)[0]
+        )
+        self.sternum = _ellipse_rho(
+            u, v, (an.spine_u, front - front_wall + an.sternum_semi[1] - 1.0), an.sternum_semi
+        )
+
+    def _init_heart(self, an: _Anatomy) -> None:
+        """Organs are normalised radii of their in-plane outlines; here heart and left ventricle."""
+        u, v = self.u, self.v
+        self.heart = _organ_rho(u, v, an.heart)
+        # Left ventricle: towards the apex along the long axis, and posterior.
+        h = an.heart
+        along, behind = 0.2 * h.semi[0], 0.25 * h.semi[1]
+        cos, sin = _cos_sin(h.angle)
+        lv_centre = (
+            h.centre[0] + along * cos + behind * sin,
+            h.centre[1] + along * sin - behind * cos,
+        )
+        self.lv_semi = (0.6 * h.semi[0], 0.6 * h.semi[1])
+        self.lv = _ellipse_rho(u, v, lv_centre, self.lv_semi, h.angle)
+
+    def _init_abdomen(self, an: _Anatomy) -> None:
+        u, v = self.u, self.v
+        self.liver = _organ_rho(u, v, an.liver)
+        # Medial edge of the left lobe: furthest left anteriorly, curved and uneven.
+        amplitude, wavelength, phase = an.liver_edge_wiggle
+        self.liver_edge = (
+            an.liver_left_edge
+            + 0.35 * an.a_c * np.clip(-v / (0.8 * an.b_c), 0.0, 1.0)
+            + an.liver_edge_curve * ((v - an.liver.centre[1]) / an.b_c) ** 2
+            + amplitude * fpmath.sin(v / wavelength + phase)
+        ).astype(np.float32)
+        self.stomach = _organ_rho(u, v, an.stomach)
+        self.spleen = _organ_rho(u, v, an.spleen)
+        self.kidneys = [_organ_rho(u, v, k) for k in an.kidneys]
+        self.sinus = []
+        for side, k in zip((1.0, -1.0), an.kidneys, strict=True):
+            # Renal sinus fat sits at the hilum, anteromedially.
+            centre = (k.centre[0] - side * 0.35 * k.semi[1], k.centre[1] + 0.35 * k.semi[1])
+            self.sinus.append(
+                _ellipse_rho(u, v, centre, (0.45 * k.semi[0], 0.35 * k.semi[1]), k.angle)
+            )
+        self.bowel = [_organ_rho(u, v, b) for b in an.bowel]
+
+    def _init_tubes(self, an: _Anatomy) -> None:
+        """Oesophagus and inferior vena cava: distances from their centres."""
+        u, v = self.u, self.v
+        self.esophagus = fpmath.hypot(
+            u - an.esophagus_u, v - (an.vb_v + an.vb_semi[1] + an.esophagus_radius + 3.0)
+        ).astype(np.float32)
+        self.ivc = fpmath.hypot(u - an.ivc_u, v - (an.vb_v + an.vb_semi[1] + an.ivc_v)).astype(
+            np.float32
+        )
