@@ -1,79 +1,26 @@
-"""Shared fixtures: small scans in every supported format."""
+"""Shared fixtures: small scans in every supported format and a tiny project."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-# A network small enough to train in seconds on 32 x 32 slices (12 mm pixels).
-TINY_TRAINING = ["data.image_size=32", "data.pixel_size_mm=12.0", "model.channels=4",
-                 "model.depth=3", "model.seg_channels=4", "trainer.batch_size=4",
-                 "trainer.crop=null", "trainer.accelerator=cpu"]
-
-
-def write_nifti(path: Path, volume: np.ndarray, spacing=(2.0, 2.0, 4.0), dtype=np.int16) -> Path:
-    affine = np.diag([*spacing, 1.0])
-    nib.save(nib.Nifti1Image(volume.astype(dtype), affine), path)
-    return path
-
-
-def write_sitk(path: Path, volume: np.ndarray, spacing=(2.0, 2.0, 4.0)) -> Path:
-    """NRRD/MHA through SimpleITK (array order z, y, x there)."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(np.transpose(volume, (2, 1, 0)).astype(np.int16))
-    image.SetSpacing(spacing)
-    sitk.WriteImage(image, str(path))
-    return path
-
-
-def write_dicom_series(folder: Path, volume: np.ndarray, spacing=(2.0, 2.0, 4.0),
-                       modality: str = "CT", rescale: bool = True) -> Path:
-    """Writes ``volume`` (x, y, z) in HU as a CT DICOM series, one file per slice."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid, study_uid = generate_uid(), generate_uid()
-    for z in range(volume.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"slice_{z:03d}.dcm"), {}, file_meta=meta,
-                         preamble=b"\0" * 128)
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.Modality = modality
-        ds.PatientID = "phantom"
-        ds.InstanceNumber = z + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(z * spacing[2])]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [spacing[1], spacing[0]]
-        ds.SliceThickness = spacing[2]
-        ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 1
-        stored = volume[:, :, z].T
-        if rescale:
-            ds.RescaleIntercept, ds.RescaleSlope = -1024.0, 1.0
-            stored = stored + 1024
-        ds.PixelData = stored.astype(np.int16).tobytes()
-        ds.save_as(folder / f"slice_{z:03d}.dcm", enforce_file_format=True)
-    return folder
+# Re-exported for test modules that still import helpers from conftest.
+from helpers import (  # noqa: F401
+    BIN,
+    ROOT,
+    TINY_EXPERIMENT,
+    TINY_TRAINING,
+    build_tiny_inputs,
+    init_tiny_repo,
+    sh,
+    tool_env,
+    write_dicom_series,
+    write_nifti,
+    write_sitk,
+)
 
 
 @pytest.fixture
@@ -83,71 +30,6 @@ def block_volume() -> np.ndarray:
     volume[8:32, 6:26, :] = 40.0
     volume[18:22, 14:18, :] = 1000.0
     return volume
-
-
-def build_tiny_inputs(root: Path, overrides: list[str], subjects: int, slices: int,
-                      seed: int):
-    """Writes tiny phantoms into ``root/data`` and runs prepare and masks on them.
-
-    Returns the config (``params.yaml`` plus ``overrides``) the stages ran with.
-    """
-    from sparsect.config import load_params
-    from sparsect.data.phantom import PhantomConfig, write_dataset
-    from sparsect.stages.masks import masks
-    from sparsect.stages.prepare import prepare
-
-    write_dataset(root / "data", subjects=subjects, seed=seed,
-                  config=PhantomConfig(shape=(96, 96, slices), spacing_mm=(4.0, 4.0, 5.0)))
-    cfg = load_params(Path(__file__).resolve().parents[1] / "params.yaml", overrides)
-    prepare(cfg, root / "data", root / "prepared")
-    masks(cfg, root / "prepared", root / "masks")
-    return cfg
-
-
-# The tiny pipeline configuration as a Hydra experiment, so that `dvc exp run -S ...` and
-# `sparsect train -m ...` compose exactly what `dvc repro` ran from params.yaml.
-TINY_EXPERIMENT = """# @package _global_
-data:
-  phantom: {subjects: 4, shape: [96, 96, 4], spacing_mm: [4.0, 4.0, 5.0]}
-  image_size: 32
-  pixel_size_mm: 12.0
-sweep: {views: [12, 24]}
-model: {channels: 4, depth: 3, seg_channels: 4}
-trainer: {max_epochs: 3, batch_size: 4, crop: 16}
-evaluate: {panel_slices: 1}
-baselines: {sirt: {iterations: 20}, tv: {iterations: 20}}
-"""
-
-
-def sh(*args: str, cwd: Path, env: dict | None = None) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=900, check=False)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def tool_env(repo: Path) -> dict[str, str]:
-    """The project's tools on PATH and a tracking store inside ``repo``."""
-    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
-
-
-def init_tiny_repo(repo: Path) -> Path:
-    """A git + DVC project in ``repo``: this checkout's conf, code and dvc.yaml, the
-    tiny experiment composed into params.yaml, and its phantoms tracked by DVC."""
-    for name in ("conf", "src"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", repo)
-    shutil.copy(ROOT / ".gitignore", repo)
-    env = tool_env(repo)
-    (repo / "conf" / "experiment" / "tiny.yaml").write_text(TINY_EXPERIMENT)
-    sh("git", "init", "-q", cwd=repo)
-    sh("dvc", "init", "-q", cwd=repo, env=env)
-    sh("dvc", "config", "hydra.enabled", "true", cwd=repo, env=env)
-    sh("sparsect", "params", "experiment=tiny", cwd=repo, env=env)
-    sh("sparsect", "make-data", "--out", "data", cwd=repo, env=env)
-    sh("dvc", "add", "-q", "data", cwd=repo, env=env)
-    return repo
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,9 @@
-from pathlib import Path
-
 import pytest
 import yaml
 
+from helpers import ROOT
 from sparsect.config import apply_overrides, compose, load_params
 from sparsect.errors import InputError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_committed_params_match_composed_conf():

@@ -22,7 +22,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 LOCK = ROOT / "requirements" / "lock-linux-x86_64.txt"
 # Not in the lock (as LOCK_EXCLUDE in the Makefile): torch comes from TORCH_SPEC and
 # brings its own CUDA libraries; sparsect is this checkout.

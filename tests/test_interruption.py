@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BIN, init_tiny_repo, sh, tool_env
+from helpers import BIN, init_tiny_repo, sh, tool_env
 
 # Stated tolerance for "the same metrics" of two runs of one config and seed on CPU.
 METRIC_TOLERANCE = 1e-6

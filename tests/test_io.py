@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import write_dicom_series, write_nifti, write_sitk
+from helpers import write_dicom_series, write_nifti, write_sitk
 from sparsect.data.io import (
     axial_slices,
     find_scans,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 SCANNED = ("conf", "src")
 SUFFIXES = (".py", ".yaml", ".yml")

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from sparsect.cli import build_parser
 from sparsect.evaluation.report import markdown
 from sparsect.inference import _save_nifti

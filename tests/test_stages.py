@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import build_tiny_inputs
+from helpers import ROOT, build_tiny_inputs
 from sparsect.config import load_params
 from sparsect.data.store import load_array
 from sparsect.errors import InputError
@@ -17,7 +16,6 @@ from sparsect.stages.baselines import baselines
 from sparsect.stages.prepare import prepare
 from sparsect.stages.simulate import merge_shards, simulate
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=48", "data.pixel_size_mm=8.0", "noise.i0=1e5"]
 
 

@@ -6,18 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import TINY_TRAINING, build_tiny_inputs
+from helpers import BIN, ROOT, TINY_TRAINING, build_tiny_inputs
 from sparsect.stages.simulate import simulate
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 TINY = [*TINY_TRAINING, "trainer.augment=false"]
 
 

@@ -27,8 +27,12 @@ def split_subjects(subjects: list[str], fractions: dict[str, float],
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}`` with at least one subject each.
 
-    >>> split_subjects(["a", "b", "c"], {"train": .4, "val": .3, "test": .3}, seed=0)["val"]
-    ['c']
+    >>> fractions = {"train": .6, "val": .2, "test": .2}
+    >>> split = split_subjects(["a", "b", "c", "d", "e"], fractions, seed=0)
+    >>> {name: len(part) for name, part in split.items()}
+    {'train': 3, 'val': 1, 'test': 1}
+    >>> sorted(sum(split.values(), []))
+    ['a', 'b', 'c', 'd', 'e']
     """
     names = sorted(set(subjects))
     if len(names) != len(subjects):
