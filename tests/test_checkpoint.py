@@ -26,7 +26,8 @@ def test_crafted_pickle_is_refused_without_running_it(tmp_path):
 
 
 def test_a_real_checkpoint_round_trips(tmp_path):
-    module = ReconModule(prior="predicted", channels=4, depth=3, seg_channels=4)
+    module = ReconModule(net={"_target_": "sparsect.models.unet.SGUNet", "channels": 4,
+                              "depth": 3, "seg_channels": 4}, prior="predicted")
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)},
                path)

@@ -30,12 +30,14 @@ def test_sg_unet_is_conditioned_on_the_prior():
 
 
 def test_module_variants_and_hu_round_trip():
-    module = ReconModule(prior="none", channels=4, depth=3)
+    module = ReconModule(net={"_target_": "sparsect.models.unet.UNet", "channels": 4,
+                              "depth": 3})
     fbp_hu = torch.randn(2, 1, 32, 32) * 500
     recon_hu, probs = module.reconstruct_hu(fbp_hu)
     assert probs is None
     assert torch.allclose(recon_hu, fbp_hu, atol=1e-3)  # zero-initialised residual
-    module = ReconModule(prior="predicted", channels=4, depth=3, seg_channels=4)
+    module = ReconModule(net={"_target_": "sparsect.models.unet.SGUNet", "channels": 4,
+                              "depth": 3, "seg_channels": 4}, prior="predicted")
     recon_hu, probs = module.reconstruct_hu(fbp_hu)
     assert probs.shape == (2, 5, 32, 32)
     assert torch.allclose(probs.sum(dim=1), torch.ones(2, 32, 32), atol=1e-5)

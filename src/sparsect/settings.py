@@ -1,6 +1,14 @@
-"""Config sections -> typed physics objects (the one place that maps them)."""
+"""Config sections -> typed physics objects (the one place that maps them).
+
+The stages call these instead of reading ``geometry``, ``noise`` and ``physics``
+keys themselves, so a setting is typed and checked once; the variant table has
+its own reader (:func:`sparsect.models.variants.variant_table`) and ``train`` builds
+its module and data from those (:func:`sparsect.stages.train.module_from_cfg`).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -40,3 +48,10 @@ def noise_from_cfg(cfg: DictConfig) -> NoiseModel:
             f"Invalid noise setting ({str(error).rstrip('.')}): set noise.i0 to a positive "
             "photon count (inf for noiseless data) and noise.electronic_std to >= 0."
         ) from None
+
+
+def acquisition_from_cfg(cfg: DictConfig) -> dict[str, Any]:
+    """How training data are made from reference scans, as recorded in checkpoints:
+    the simulation grid (``physics.upsample``), the FBP filter and the HU clip."""
+    return {"upsample": int(cfg.physics.upsample), "filter": str(cfg.physics.filter),
+            "hu_clip": [float(v) for v in cfg.data.hu_clip]}

@@ -1,17 +1,22 @@
-"""LightningModule for the residual UNet and the semantically-guided UNet.
+"""LightningModule: trains and applies any network of the variant table.
 
-Intensities inside the network are ``hu / 1000`` (water 0, air -1, bone about
-+1): zero-centred on soft tissue, where the diagnostic contrast is, and
+Intensities inside the network are ``hu / HU_SCALE`` (water 0, air -1, bone
+about +1): zero-centred on soft tissue, where the diagnostic contrast is, and
 recorded in the checkpoint as ``hu_scale`` so inference can undo it.
 
-Prior variants:
-    none       - plain residual UNet (the FBPConvNet baseline, ``arch=unet``).
+The prior (see :mod:`sparsect.models.variants`) decides what the network is given:
+    none       - the FBP only (``unet``: the FBPConvNet baseline).
     predicted  - ``sg_unet``: the segmentation decoder predicts tissue
                  probabilities from the FBP and conditions the reconstruction.
                  Full-dose masks are only a training target.
-    threshold  - ``sg_unet`` conditioned on classical HU-threshold masks of the FBP.
-    oracle     - ``sg_unet`` conditioned on the full-dose masks: an upper bound,
-                 never a deployable result.
+    threshold  - conditioned on classical HU-threshold masks of the FBP.
+    oracle     - conditioned on the full-dose masks: an upper bound, never a
+                 deployable result.
+
+Everything applying the model to new data needs is recorded in the checkpoint's
+hyper-parameters: the network spec, the prior, the intensity scale, the
+acquisition (geometry, noise, simulation grid, FBP filter) and the HU clip of
+the training data. Models are applied by :func:`sparsect.models.predict.predict`.
 """
 
 from __future__ import annotations
@@ -24,65 +29,58 @@ import torch.nn.functional as F
 
 from sparsect.evaluation.metrics import mean_dice, psnr_hu, ssim_hu
 from sparsect.models.losses import soft_dice_loss, ssim
-from sparsect.models.unet import build_model, count_parameters, matched_unet_channels
-
-HU_SCALE = 1000.0
-PRIOR_VARIANTS = ("none", "predicted", "threshold", "oracle")
+from sparsect.models.variants import PRIORS, build_net
+from sparsect.physics.units import HU_SCALE
+from sparsect.priors.classes import NUM_TISSUE_CLASSES
 
 
 class ReconModule(pl.LightningModule):
-    """Trains one reconstruction model; see the module docstring for the variants.
+    """Trains one reconstruction model; see the module docstring for the priors.
 
     Args:
-        prior: one of ``PRIOR_VARIANTS``; ``none`` builds a UNet, the others an SGUNet.
-        channels, depth, seg_channels: architecture (see :mod:`sparsect.models.unet`).
+        net: the network's spec, ``{"_target_": class path, **constructor arguments}``
+            (:func:`sparsect.models.variants.net_spec`).
+        prior: one of ``PRIORS``.
+        variant: the variant's name in the table (recorded for the registry).
         loss: weights ``l1``, ``ssim``, ``ce``, ``dice``, ``region`` of the loss terms.
         region_weights: per tissue class weight of the region-weighted L1 term.
         hu_min, hu_max: window of the validation PSNR/SSIM (fixed data range).
-        match_params: widen the plain UNet (``prior=none``) to the parameter count
-            of the semantically-guided one, so comparisons are at equal capacity.
-        geometry, noise: the acquisition the model was trained for (recorded in
-            the checkpoint; inference checks it).
+        geometry, noise: the acquisition the model was trained for (inference
+            simulates and checks against it).
+        acquisition: how the training data were made from the reference scans:
+            ``upsample`` (simulation grid), ``filter`` (FBP filter) and ``hu_clip``.
     """
 
-    def __init__(self, prior: str = "predicted", channels: int = 16, depth: int = 4,
-                 seg_channels: int = 8, in_channels: int = 1, num_classes: int = 5,
-                 lr: float = 2e-3, weight_decay: float = 1e-4,
-                 loss: dict[str, float] | None = None, hu_min: float = -1000.0,
-                 hu_max: float = 2000.0, hu_scale: float = HU_SCALE,
-                 match_params: bool = True,
+    def __init__(self, net: dict[str, Any], prior: str = "none", variant: str | None = None,
+                 num_classes: int = NUM_TISSUE_CLASSES, lr: float = 2e-3,
+                 weight_decay: float = 1e-4, loss: dict[str, float] | None = None,
+                 hu_min: float = -1000.0, hu_max: float = 2000.0, hu_scale: float = HU_SCALE,
                  region_weights: tuple[float, ...] = (0.0, 1.0, 1.0, 2.0, 1.0),
-                 geometry: dict[str, Any] | None = None,
-                 noise: dict[str, Any] | None = None) -> None:
+                 geometry: dict[str, Any] | None = None, noise: dict[str, Any] | None = None,
+                 acquisition: dict[str, Any] | None = None) -> None:
         super().__init__()
-        if prior not in PRIOR_VARIANTS:
-            raise ValueError(f"unknown prior '{prior}': choose one of {PRIOR_VARIANTS}")
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior '{prior}': choose one of {PRIORS}")
         self.save_hyperparameters()
         # defaults as in conf/trainer/cpu.yaml (chosen on validation there)
         self.loss_weights = {"l1": 1.0, "ssim": 0.1, "ce": 0.005, "dice": 0.005, "region": 0.0,
                              **(loss or {})}
-        if prior == "none":
-            if match_params:  # same capacity as the semantically-guided model
-                reference = build_model("sg_unet", channels, depth, seg_channels, in_channels,
-                                        num_classes)
-                channels = matched_unet_channels(count_parameters(reference), in_channels,
-                                                 depth, channels)
-            self.net = build_model("unet", channels, depth, in_channels=in_channels)
-        else:
-            arch = "sg_unet" if prior == "predicted" else "sg_unet_external"
-            self.net = build_model(arch, channels, depth, seg_channels, in_channels, num_classes)
+        self.net = build_net(net)
 
     @property
-    def uses_segmentation(self) -> bool:
-        return self.hparams.prior != "none"
+    def context(self) -> int:
+        """Axial slices the network reads (1: 2D; k: the slice and its neighbours)."""
+        return int(self.hparams.net.get("in_channels", 1))
 
     def forward(self, fbp: torch.Tensor, prior_probs: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``fbp (B, C, H, W)`` normalised -> ``(reconstruction (B,1,H,W), seg_logits | None)``."""
-        if not self.uses_segmentation:
-            return self.net(fbp), None
-        external = prior_probs if self.hparams.prior in ("threshold", "oracle") else None
-        return self.net(fbp, external)
+        if self.hparams.prior == "none":
+            out = self.net(fbp)
+        else:
+            external = prior_probs if self.hparams.prior in ("threshold", "oracle") else None
+            out = self.net(fbp, external)
+        return out if isinstance(out, tuple) else (out, None)
 
     def reconstruct_hu(self, fbp_hu: torch.Tensor, prior_probs: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -211,30 +211,3 @@ class SGUNet(nn.Module):
         x = self.fuse(torch.cat([x, prior], dim=1))
         centre = fbp[:, self.in_channels // 2 : self.in_channels // 2 + 1]
         return centre + self.head(x), seg_logits
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def matched_unet_channels(target: int, in_channels: int, depth: int, start: int) -> int:
-    """Smallest UNet width from ``start`` whose parameter count reaches ``target``
-    (ablations compare variants at comparable capacity)."""
-    channels = start
-    while count_parameters(UNet(in_channels, channels, depth)) < target and channels < 8 * start:
-        channels += 1
-    below = count_parameters(UNet(in_channels, channels - 1, depth))
-    above = count_parameters(UNet(in_channels, channels, depth))
-    return channels - 1 if channels > start and target - below < above - target else channels
-
-
-def build_model(name: str, channels: int, depth: int, seg_channels: int = 8,
-                in_channels: int = 1, num_classes: int = 5) -> nn.Module:
-    """Builds ``"unet"``, ``"sg_unet"`` (predicted prior) or ``"sg_unet_external"``
-    (conditioned on a supplied prior, no segmentation decoder)."""
-    if name == "unet":
-        return UNet(in_channels, channels, depth)
-    if name in ("sg_unet", "sg_unet_external"):
-        return SGUNet(in_channels, channels, depth, num_classes, seg_channels,
-                      predict_prior=name == "sg_unet")
-    raise ValueError(f"unknown model '{name}': choose 'unet', 'sg_unet' or 'sg_unet_external'")

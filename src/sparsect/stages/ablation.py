@@ -1,9 +1,10 @@
-"""The prior ablation: none, threshold, predicted and oracle at one view count.
+"""The prior ablation: every variant of the table trained at one view count.
 
-All four variants train with the same budget (epochs, steps, data, seed) at
+All variants train with the same budget (epochs, steps, data, seed) at
 comparable parameter counts (the plain UNet is widened to the
-semantically-guided one's; the external-prior variants have no segmentation
-decoder), and are scored on the test split by the same code as ``evaluate``.
+semantically-guided one's, see ``match_params``; the external-prior variants
+have no segmentation decoder), and are scored on the test split by the same
+code as ``evaluate``. The report is keyed by variant name, each entry with its prior.
 """
 
 from __future__ import annotations
@@ -15,34 +16,32 @@ from omegaconf import DictConfig
 
 from sparsect.data.store import atomic_write_json
 from sparsect.models.checkpoint import load_module
-from sparsect.models.unet import count_parameters
+from sparsect.models.variants import count_parameters, variant_table
 from sparsect.stages.evaluate import evaluate
-from sparsect.stages.train import MODEL_OF_PRIOR, train
-
-VARIANTS = ("none", "threshold", "predicted", "oracle")
+from sparsect.stages.train import train
 
 
 def ablation(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path,
              work_dir: Path, out_path: Path, views: int | None = None) -> Path:
-    """Trains and scores every prior variant; writes ``{"<variant>": {...}}`` to ``out_path``."""
+    """Trains and scores every variant; writes ``{"<variant>": {...}}`` to ``out_path``."""
     views = int(views if views is not None else cfg.geometry.views)
-    models = tuple(MODEL_OF_PRIOR[variant] for variant in VARIANTS)
+    table = variant_table(cfg)
     models_dir = Path(work_dir) / "models"
-    train(cfg, prepared_dir, sim_dir, masks_dir, models_dir, views, models)
+    train(cfg, prepared_dir, sim_dir, masks_dir, models_dir, views, tuple(table))
     evaluate(cfg, prepared_dir, sim_dir, masks_dir, models_dir, Path(work_dir) / "evaluation",
              views)
     metrics = json.loads((Path(work_dir) / "evaluation" / "metrics.json").read_text())
     summary = json.loads((models_dir / "summary.json").read_text())
     report = {"_fbp": metrics["fbp"]}
-    for variant in VARIANTS:
-        name = MODEL_OF_PRIOR[variant]
+    for name, variant in table.items():
         module = load_module(models_dir / summary[name]["checkpoint"])
-        report[variant] = {
+        report[name] = {
+            "prior": variant.prior,
             **{k: metrics[name][k] for k in ("psnr", "ssim", "rmse_hu")},
             "dice": metrics[name].get("dice"),
             "parameters": count_parameters(module.net),
             "best_val_psnr": summary[name]["best_val_psnr"],
-            "upper_bound": variant == "oracle",
+            "upper_bound": variant.upper_bound,
         }
     report["_settings"] = {"views": views, "epochs": int(cfg.trainer.max_epochs),
                            "split": "test", "hu_window": [float(cfg.evaluate.hu_min),

@@ -12,7 +12,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sparsect.data.store import atomic_write_json, read_json
-from sparsect.registry import DEPLOYABLE, promote, register, split_hash
+from sparsect.models.variants import known_variant, variant_table
+from sparsect.registry import promote, register, split_hash
 from sparsect.tracking import tracking_uri, training_run_id
 
 
@@ -22,12 +23,13 @@ def promote_all(cfg: DictConfig, prepared_dir: Path, models_root: Path, evaluati
     val_hash = split_hash(Path(prepared_dir), "val")
     margin = float(cfg.registry.margin_db)
     uri = tracking_uri(cfg)
+    table = variant_table(cfg)
     decisions = []
     for views in cfg.sweep.views:
         summary = read_json(Path(models_root) / str(views) / "summary.json")
         metrics = read_json(Path(evaluations) / str(views) / "metrics.json")
         for model, info in summary.items():
-            if model not in DEPLOYABLE:
+            if not known_variant(table, model).deployable:  # never an upper bound
                 continue
             test_values = {k: v for k, v in metrics[model].items() if isinstance(v, float)}
             checkpoint = Path(models_root) / str(views) / info["checkpoint"]

@@ -39,33 +39,41 @@ from sparsect.errors import InputError
 from sparsect.models.callbacks import AtomicCheckpointIO, EpochSummary
 from sparsect.models.checkpoint import save_portable
 from sparsect.models.module import ReconModule
-from sparsect.settings import geometry_from_cfg, noise_from_cfg
+from sparsect.models.variants import PRIORS, known_variant, net_spec, variant_table
+from sparsect.settings import acquisition_from_cfg, geometry_from_cfg, noise_from_cfg
 from sparsect.tracking import CHECKPOINT_TAG, flatten, provenance_tags, sha256_file, tracking_uri
 
-# model name -> prior variant
-MODELS = {"unet": "none", "sg_unet": "predicted", "sg_threshold": "threshold",
-          "sg_oracle": "oracle"}
-MODEL_OF_PRIOR = {prior: name for name, prior in MODELS.items()}
-TRAINING_KEYS = ("seed", "model", "prior", "trainer", "evaluate", "data", "geometry", "noise",
-                 "physics")
+# The config the resume fingerprint hashes: everything that shapes a training run.
+# dvc.yaml's `train` params list the same sections (a test checks it); the
+# trainer keys in HARDWARE_KEYS change how, not what, is trained, so a run may
+# resume on other hardware.
+TRAINING_KEYS = ("seed", "model", "prior", "variants", "trainer", "evaluate", "data",
+                 "geometry", "noise", "physics")
+HARDWARE_KEYS = ("devices", "strategy", "accelerator", "num_workers")
 
 
 def default_models(cfg: DictConfig) -> tuple[str, ...]:
-    """The FBPConvNet baseline and the semantically-guided model of ``cfg.prior``."""
-    variant = str(cfg.prior.variant)
-    if variant not in MODEL_OF_PRIOR:
-        raise InputError(f"prior.variant '{variant}' is unknown: use one of "
-                         f"{', '.join(MODEL_OF_PRIOR)}.")
-    return tuple(dict.fromkeys(("unet", MODEL_OF_PRIOR[variant])))
+    """The FBPConvNet baseline ``unet`` and every variant whose prior is ``cfg.prior.variant``."""
+    table = variant_table(cfg)
+    wanted = str(cfg.prior.variant)
+    if wanted not in PRIORS:
+        raise InputError(f"prior.variant '{wanted}' is unknown: use one of {', '.join(PRIORS)}.")
+    return tuple(dict.fromkeys(["unet", *(name for name, v in table.items()
+                                          if v.prior == wanted)]))
 
 
-def build_module(cfg: DictConfig, prior: str, views: int) -> ReconModule:
+def module_from_cfg(cfg: DictConfig, name: str, views: int) -> ReconModule:
+    """The untrained module of variant ``name`` at ``views``, recording everything
+    inference needs (network spec, prior, intensity scale, acquisition).
+
+    Widening a variant to another's parameter count (``match_params``) builds
+    networks: call this after seeding, as ``train`` does."""
+    table = variant_table(cfg)
+    variant = known_variant(table, name)
     return ReconModule(
-        prior=prior,
-        channels=int(cfg.model.channels),
-        depth=int(cfg.model.depth),
-        seg_channels=int(cfg.model.seg_channels),
-        in_channels=int(cfg.model.context_slices),
+        net=net_spec(variant, cfg.model, table),
+        prior=variant.prior,
+        variant=name,
         lr=float(cfg.trainer.lr),
         weight_decay=float(cfg.trainer.weight_decay),
         loss=OmegaConf.to_container(cfg.trainer.loss),
@@ -74,15 +82,30 @@ def build_module(cfg: DictConfig, prior: str, views: int) -> ReconModule:
         hu_max=float(cfg.evaluate.hu_max),
         geometry=geometry_from_cfg(cfg, views).to_dict(),
         noise=asdict(noise_from_cfg(cfg)),
+        acquisition=acquisition_from_cfg(cfg),
     )
+
+
+def datamodule_from_cfg(cfg: DictConfig, prior: str, prepared_dir: Path, sim_dir: Path,
+                        masks_dir: Path) -> SliceDataModule:
+    """Train and validation slices of the stage outputs, as ``cfg.trainer`` asks."""
+    train, val = (SplitPaths(*(Path(folder) / split for folder in (prepared_dir, sim_dir,
+                                                                   masks_dir)))
+                  for split in ("train", "val"))
+    trainer = cfg.trainer
+    return SliceDataModule(train, val, prior,
+                           batch_size=int(trainer.batch_size),
+                           num_workers=int(trainer.num_workers),
+                           augment=bool(trainer.augment),
+                           crop=None if trainer.crop is None else int(trainer.crop),
+                           context=int(cfg.model.context_slices), seed=int(cfg.seed))
 
 
 def fingerprint(cfg: DictConfig, name: str, views: int) -> str:
     """Hash of everything that shapes a training run (resuming needs the same)."""
     everything = OmegaConf.to_container(cfg, resolve=True)
     payload = {key: everything.get(key) for key in TRAINING_KEYS}
-    # devices/strategy change how, not what, is trained: a run may resume on other hardware
-    for key in ("devices", "strategy", "accelerator", "num_workers"):
+    for key in HARDWARE_KEYS:
         payload["trainer"].pop(key, None)
     payload.update(model_name=name, views=views)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -91,7 +114,6 @@ def fingerprint(cfg: DictConfig, name: str, views: int) -> str:
 def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_dir: Path,
                 masks_dir: Path, work_dir: Path) -> tuple[dict[str, Any], bool]:
     """Trains (or resumes) one model; returns (summary, is_global_zero)."""
-    prior = MODELS[name]
     work = work_dir / name
     state_file = work / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
@@ -103,23 +125,14 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
         return state["summary"], True
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    module = build_module(cfg, prior, views)
-
-    def paths(split: str) -> SplitPaths:
-        return SplitPaths(Path(prepared_dir) / split, Path(sim_dir) / split,
-                          Path(masks_dir) / split)
-
-    datamodule = SliceDataModule(paths("train"), paths("val"), prior,
-                                 batch_size=int(cfg.trainer.batch_size),
-                                 num_workers=int(cfg.trainer.num_workers),
-                                 augment=bool(cfg.trainer.augment),
-                                 crop=None if cfg.trainer.crop is None else int(cfg.trainer.crop),
-                                 context=int(cfg.model.context_slices), seed=int(cfg.seed))
+    module = module_from_cfg(cfg, name, views)
+    prior = str(module.hparams.prior)
+    datamodule = datamodule_from_cfg(cfg, prior, prepared_dir, sim_dir, masks_dir)
     logger = MLFlowLogger(
         experiment_name=str(cfg.logger.experiment), tracking_uri=tracking_uri(cfg),
         run_name=f"{name}@{views}", run_id=state.get("mlflow_run_id"),
         tags={**provenance_tags(), "model": name, "prior": prior, "views": str(views),
-              "upper_bound": str(prior == "oracle").lower()},
+              "upper_bound": str(known_variant(variant_table(cfg), name).upper_bound).lower()},
     )
     checkpoint = ModelCheckpoint(dirpath=work, filename="best", monitor="val/psnr",
                                  mode="max", save_last=True)
@@ -182,9 +195,9 @@ def train(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path, o
     ``out_dir/<model>.ckpt`` and ``summary.json``."""
     views = int(views if views is not None else cfg.geometry.views)
     models = models or default_models(cfg)
-    unknown = [name for name in models if name not in MODELS]
-    if unknown:
-        raise InputError(f"Unknown model(s) {unknown}: choose from {', '.join(MODELS)}.")
+    table = variant_table(cfg)
+    for name in models:
+        known_variant(table, name)
     tracking_uri(cfg)  # an unreachable server fails here, before any work
     work = work_dir_for(out_dir)
     summary, is_zero = {}, True
