@@ -27,7 +27,13 @@ import torch
 
 from sparsect.evaluation.metrics import psnr_hu
 from sparsect.models.checkpoint import load_module
+from sparsect.models.predict import BATCH_SIZE, predict
 from sparsect.physics import Geometry, Projector, mu_to_hu, reconstruct
+
+
+def reconstruct_volume(module, fbp_hu: np.ndarray, batch: int = BATCH_SIZE) -> np.ndarray:  # noqa: ANN001
+    """The network on a volume's FBP slices, as timed here: :func:`predict`."""
+    return predict(module, fbp_hu, batch_size=batch).images
 
 
 def main() -> None:
@@ -35,7 +41,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=60)
     parser.add_argument("--model", default="sg_unet")
     parser.add_argument("--slices", type=int, default=24)
-    parser.add_argument("--batch", type=int, default=8, help="slices per network call")
+    parser.add_argument("--batch", type=int, default=BATCH_SIZE, help="slices per network call")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="torch threads (ASTRA's CPU algorithms use the machine's cores "
@@ -52,20 +58,18 @@ def main() -> None:
     module = load_module(args.artifacts / "models" / str(args.views) / f"{args.model}.ckpt")
 
     model_images, sirt_images = [], []
-    with Projector(geometry, "cpu") as projector, torch.no_grad():
-        module.reconstruct_hu(torch.zeros(1, 1, geometry.image_size, geometry.image_size))
+    with Projector(geometry, "cpu") as projector:
+        predict(module, np.zeros((1, geometry.image_size, geometry.image_size), np.float32))
         start = time.perf_counter()
-        for index in picks:
+        for index in picks:  # one slice at a time: FBP, then the network
             fbp = mu_to_hu(reconstruct("fbp", projector, np.asarray(sinograms[index])))
-            recon, _ = module.reconstruct_hu(torch.from_numpy(fbp)[None, None])
-            model_images.append(recon[0, 0].numpy())
+            model_images.append(predict(module, fbp[None], batch_size=1).images[0])
         model_time = (time.perf_counter() - start) / len(picks)
         # a volume: FBP per slice, then the network on all slices in batches
         start = time.perf_counter()
         fbps = np.stack([mu_to_hu(reconstruct("fbp", projector, np.asarray(sinograms[i])))
                          for i in picks])
-        for first in range(0, len(fbps), args.batch):
-            module.reconstruct_hu(torch.from_numpy(fbps[first:first + args.batch])[:, None])
+        reconstruct_volume(module, fbps, args.batch)
         batched_time = (time.perf_counter() - start) / len(picks)
         start = time.perf_counter()
         for index in picks:

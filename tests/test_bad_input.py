@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_dicom_series, write_nifti, write_sitk
+from helpers import ROOT, write_dicom_series, write_nifti, write_sitk
 from sparsect.cli import main
 from sparsect.models.module import ReconModule
 from sparsect.physics import Geometry
 
-ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ["--params", str(ROOT / "params.yaml")]
 TINY_GRID = ["data.image_size=32", "data.pixel_size_mm=12.0"]
 GEOMETRY = Geometry("parallel", views=16, image_size=32, pixel_size_mm=12.0)
@@ -57,8 +56,11 @@ def simulate(root: Path, *overrides: str) -> list[str]:
 
 
 def checkpoint(path: Path, **hparams) -> Path:
-    module = ReconModule(prior="predicted", channels=4, depth=3, seg_channels=4,
+    module = ReconModule(net={"_target_": "sparsect.models.unet.SGUNet", "channels": 4,
+                              "depth": 3, "seg_channels": 4}, prior="predicted",
                          geometry=GEOMETRY.to_dict(), noise={"i0": 1e5, "electronic_std": 0.0},
+                         acquisition={"upsample": 2, "filter": "ram-lak",
+                                      "hu_clip": [-1024.0, 3071.0]},
                          **hparams)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)},
                path)
@@ -362,10 +364,6 @@ def _setup(case: Case, root: Path, monkeypatch) -> list[str]:
     if "monkeypatch" in case.setup.__code__.co_varnames:
         return case.setup(root, monkeypatch)
     return case.setup(root)
-
-
-def test_the_catalogue_has_at_least_twenty_cases():
-    assert len(CASES) >= 20
 
 
 @pytest.mark.parametrize("name", list(CASES))

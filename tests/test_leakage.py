@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAINING, build_tiny_inputs
+from helpers import ROOT, TINY_TRAINING, build_tiny_inputs
 from sparsect.config import load_params
 from sparsect.data.datamodule import SplitPaths, load_split
 from sparsect.data.store import load_array
-from sparsect.stages.evaluate import prior_input
+from sparsect.models.predict import prior_classes
 from sparsect.stages.simulate import simulate
 from sparsect.stages.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [*TINY_TRAINING, "trainer.max_epochs=1"]
 
 
@@ -43,12 +41,16 @@ def test_no_subject_in_two_splits(tiny):
 def test_oracle_masks_reach_only_the_oracle(tiny):
     _, root = tiny
     true_masks = np.asarray(load_array(root / "masks" / "test", "masks"))
-    assert prior_input("predicted", root / "sim", true_masks) is None
-    assert prior_input("none", root / "sim", true_masks) is None
-    threshold = prior_input("threshold", root / "sim", true_masks)
-    assert threshold is not true_masks
+    fbp = np.asarray(load_array(root / "sim" / "test", "fbp"))
+    assert prior_classes("predicted", fbp, None) is None
+    assert prior_classes("none", fbp, None) is None
+    for prior in ("none", "predicted", "threshold"):  # offering them to a deployable model fails
+        with pytest.raises(ValueError, match="only the oracle"):
+            prior_classes(prior, fbp, true_masks)
+    # the threshold prior at test time is the one simulate computed for training
+    threshold = prior_classes("threshold", fbp, None)
     assert np.array_equal(threshold, load_array(root / "sim" / "test", "threshold_masks"))
-    assert prior_input("oracle", root / "sim", true_masks) is true_masks
+    assert np.array_equal(prior_classes("oracle", fbp, true_masks), true_masks)
     # in training, too: masks are a target for every prior, an input only for the oracle
     paths = SplitPaths(root / "prepared" / "train", root / "sim" / "train",
                        root / "masks" / "train")

@@ -15,15 +15,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAINING, build_tiny_inputs, write_dicom_series
+from helpers import BIN, ROOT, TINY_TRAINING, build_tiny_inputs, write_dicom_series
 from sparsect.config import load_params
 from sparsect.errors import InputError
 from sparsect.registry import ALIAS, lock_path, promote, register, registry_lock, resolve_model_uri
 from sparsect.stages.simulate import simulate
 from sparsect.stages.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 TINY = [*TINY_TRAINING, "trainer.max_epochs=2"]
 
 
@@ -99,10 +97,10 @@ def test_first_model_is_champion_and_promotion_is_idempotent(trained, tracking):
     assert "does not beat" in client.get_model_version(tie.name, tie.version).tags["promotion"]
     assert client.get_model_version_by_alias(tie.name, ALIAS).version == version.version
 
-    # the champion loads through pyfunc and predicts on an FBP batch
+    # the champion loads through pyfunc and predicts on a volume's FBP slices
     model = mlflow.pyfunc.load_model(f"models:/{version.name}@{ALIAS}")
-    fbp = np.zeros((2, 1, 32, 32), np.float32)
-    assert model.predict(fbp).shape == (2, 1, 32, 32)
+    fbp = np.zeros((2, 32, 32), np.float32)
+    assert model.predict(fbp).shape == (2, 32, 32)
     tags = client.get_model_version(version.name, version.version).tags
     assert json.loads(tags["geometry"])["views"] == 16
     assert {"noise", "data_dvc_md5", "git_commit", "test_psnr", "selection_set"} <= set(tags)
@@ -138,6 +136,7 @@ def test_reconstruct_a_volume_and_a_dicom_slice(trained, tmp_path):
     done = reconstruct(str(scan), "-o", str(tmp_path / "recon.nii.gz"), "--model", checkpoint,
                        "--save-reference")
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "Warning" not in done.stderr  # nothing printed that is not about the user's input
     recon = nib.load(tmp_path / "recon.nii.gz")
     reference = nib.load(tmp_path / "recon_reference.nii.gz")
     assert recon.shape == reference.shape == (32, 32, 4)
@@ -158,13 +157,16 @@ def test_reconstruct_a_volume_and_a_dicom_slice(trained, tmp_path):
     assert wrong.returncode == 2 and "does not match the model" in wrong.stderr
 
 
-def test_missing_checkpoint_or_registry_model_is_explained(tmp_path):
+def test_missing_checkpoint_or_registry_model_is_explained(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_params(ROOT / "params.yaml",
+                      [f"logger.tracking_uri=sqlite:///{tmp_path / 'empty.db'}"])
     with pytest.raises(InputError, match="does not exist"):
-        resolve_model_uri(str(tmp_path / "nope.ckpt"))
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'empty.db'}")
+        resolve_model_uri(cfg, str(tmp_path / "nope.ckpt"))
     try:
         with pytest.raises(InputError, match="cannot be loaded from the registry"):
-            resolve_model_uri("models:/sparsect-parallel-60v-sg_unet@champion")
+            resolve_model_uri(cfg, "models:/sparsect-parallel-60v-sg_unet@champion")
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'empty.db'}"
     finally:
         mlflow.set_tracking_uri(None)
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from sparsect.data.io import (
@@ -33,12 +33,11 @@ from sparsect.data.io import (
 )
 from sparsect.data.store import atomic_write_bytes
 from sparsect.errors import InputError
+from sparsect.models.predict import predict
 from sparsect.notice import nifti_description
 from sparsect.physics import Geometry, NoiseModel, Projector, Simulator, mu_to_hu, reconstruct
-from sparsect.priors.masks import one_hot, tissue_masks_from_hu
 
 METHODS = ("model", "fbp", "sirt")
-HU_CLIP = (-1024.0, 3071.0)
 
 
 def _is_volume(path: Path) -> bool:
@@ -92,10 +91,15 @@ def _gzip(image: nib.Nifti1Image) -> bytes:
 
 
 class Reconstructor:
-    """Reconstructs slices with a model or a classical method on the model's geometry."""
+    """Reconstructs slices with a model or a classical method on the model's geometry.
+
+    The acquisition (geometry, noise, simulation grid, FBP filter, HU clip) is the
+    one recorded in the model's checkpoint, so new data are simulated and
+    reconstructed as the training data were; ``sirt_iterations`` is the classical
+    method's setting (``baselines.sirt.iterations``)."""
 
     def __init__(self, module, method: str = "model", views: int | None = None,
-                 upsample: int = 2, device: str = "auto") -> None:
+                 device: str = "auto", sirt_iterations: int = 100) -> None:
         if method not in METHODS:
             raise InputError(f"Method '{method}' is unknown: use one of {', '.join(METHODS)}.")
         self.module, self.method = module, method
@@ -107,44 +111,28 @@ class Reconstructor:
             )
         self.geometry = Geometry.from_dict(geometry)
         self.noise = NoiseModel(**dict(module.hparams.noise))
-        self.upsample, self.device = upsample, device
+        acquisition = dict(module.hparams.acquisition)
+        self.upsample, self.filter = int(acquisition["upsample"]), str(acquisition["filter"])
+        self.hu_clip = tuple(float(v) for v in acquisition["hu_clip"])
+        self.device, self.sirt_iterations = device, int(sirt_iterations)
 
     def from_sinograms(self, sinograms: np.ndarray) -> np.ndarray:
         """``(N, views, detectors)`` -> ``(N, H, W)`` HU."""
-        fbp = np.empty((len(sinograms), self.geometry.image_size, self.geometry.image_size),
-                       np.float32)
+        size = self.geometry.image_size
+        images = np.empty((len(sinograms), size, size), np.float32)
+        options = ({"iterations": self.sirt_iterations} if self.method == "sirt"
+                   else {"filter": self.filter})
         with Projector(self.geometry, self.device) as projector:
             for index, sinogram in enumerate(sinograms):
-                method = "sirt" if self.method == "sirt" else "fbp"
-                options = {"iterations": 100} if method == "sirt" else {}
-                fbp[index] = mu_to_hu(reconstruct(method, projector, sinogram, **options))
+                images[index] = mu_to_hu(reconstruct("sirt" if self.method == "sirt" else "fbp",
+                                                     projector, sinogram, **options))
         if self.method != "model":
-            return fbp
-        return self.apply_model(fbp)
-
-    @torch.no_grad()
-    def apply_model(self, fbp_hu: np.ndarray, batch: int = 8) -> np.ndarray:
-        """Network on ``(N, H, W)`` FBP slices, ``batch`` slices per call."""
-        if self.module.hparams.prior == "oracle":
-            raise InputError("Oracle models need full-dose masks and cannot reconstruct "
-                             "new data: use a unet or sg_unet model.")
-        context = int(self.module.hparams.in_channels)
-        offsets = np.arange(-(context // 2), context // 2 + 1)
-        out = np.empty_like(fbp_hu)
-        for first in range(0, len(fbp_hu), batch):
-            rows = np.arange(first, min(first + batch, len(fbp_hu)))
-            neighbours = np.clip(rows[:, None] + offsets, 0, len(fbp_hu) - 1)
-            fbp = torch.from_numpy(np.ascontiguousarray(fbp_hu[neighbours]))
-            prior = None
-            if self.module.hparams.prior == "threshold":
-                prior = torch.from_numpy(one_hot(tissue_masks_from_hu(fbp_hu[rows])))
-            recon, _ = self.module.reconstruct_hu(fbp, prior)
-            out[rows] = recon[:, 0].numpy()
-        return out
+            return images
+        return predict(self.module, images, sinogram=sinograms, geometry=self.geometry).images
 
     def simulate(self, hu_slices: np.ndarray, seed: int = 0) -> np.ndarray:
         with Simulator(self.geometry, self.noise, upsample=self.upsample,
-                       device=self.device) as simulator:
+                       device=self.device, filter=self.filter) as simulator:
             return np.stack([simulator(hu, seed + i)[0] for i, hu in enumerate(hu_slices)])
 
 
@@ -184,7 +172,7 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
         _save_nifti(output, volume_from_slices(volume), affine)
         return output
     subject = standardise(load_subject(ScanEntry(item.name, item, None)), geometry.image_size,
-                          geometry.pixel_size_mm, HU_CLIP)
+                          geometry.pixel_size_mm, recon.hu_clip)
     reference = axial_slices(subject["ct"].data[0].numpy()).astype(np.float32)
     volume = recon.from_sinograms(recon.simulate(reference))
     affine = subject["ct"].affine
@@ -197,8 +185,9 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
 
 
 def run(input_path: Path, output: Path, module, method: str = "model", views: int | None = None,
-        save_reference: bool = False, device: str = "auto") -> list[Path]:
-    recon = Reconstructor(module, method, views, device=device)
+        save_reference: bool = False, device: str = "auto", sirt_iterations: int = 100
+        ) -> list[Path]:
+    recon = Reconstructor(module, method, views, device=device, sirt_iterations=sirt_iterations)
     inputs = list_inputs(input_path)
     # outputs are written one by one, atomically; the folder appears with the first one
     many = Path(input_path).is_dir() and not _is_volume(Path(input_path))
@@ -209,3 +198,15 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
         written.append(reconstruct_input(recon, item, _output_path(output, item, many),
                                          save_reference))
     return written
+
+
+def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str | None = None,
+                      method: str = "model", views: int | None = None,
+                      save_reference: bool = False) -> list[Path]:
+    """``sparsect reconstruct``: ``model_uri`` (default: the ``sg_unet`` champion for
+    ``views``) applied to ``input_path``, with the settings of ``cfg``."""
+    from sparsect.registry import champion_uri, resolve_model_uri
+
+    uri = model_uri or champion_uri(cfg, views)
+    return run(input_path, output, resolve_model_uri(cfg, uri), method, views, save_reference,
+               str(cfg.physics.device), int(cfg.baselines.sirt.iterations))

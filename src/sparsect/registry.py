@@ -39,7 +39,6 @@ from sparsect.errors import InputError
 from sparsect.tracking import CHECKPOINT_TAG, provenance_tags, sha256_file, tracking_uri
 
 ALIAS = "champion"
-DEPLOYABLE = ("unet", "sg_unet", "sg_threshold")  # never the oracle: it needs full-dose masks
 
 try:  # the pyfunc wrapper needs mlflow; the rest of the package does not
     import mlflow.pyfunc
@@ -61,29 +60,29 @@ def split_hash(prepared_dir: Path, split: str) -> str:
 
 
 class ReconstructionModel(_PythonModel):
-    """pyfunc wrapper: ``predict(fbp_hu (B, C, H, W) float32)`` -> HU ``(B, 1, H, W)``."""
+    """pyfunc wrapper: ``predict(fbp_hu (N, H, W) float32)`` -> HU ``(N, H, W)``.
+
+    The input is consecutive axial slices of one volume (2.5D models read
+    neighbours from it); :func:`sparsect.models.predict.predict` applies the model
+    exactly as ``evaluate`` scored it."""
 
     def load_context(self, context: Any) -> None:
         from sparsect.models.checkpoint import load_module
 
         self.module = load_module(Path(context.artifacts["checkpoint"]))
 
-    # no type hints on predict: MLflow would try to build a schema from them
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        import torch
-
-        from sparsect.priors.masks import one_hot, tissue_masks_from_hu
+    # The np.ndarray hint tells MLflow not to derive a schema from hints (the
+    # signature is given at registration); without a hint it warns on every import.
+    def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
+        from sparsect.models.predict import predict
 
         fbp = np.asarray(model_input, dtype=np.float32)
-        if fbp.ndim == 3:
-            fbp = fbp[:, None]
-        prior = None
-        if self.module.hparams.prior == "threshold":  # classical prior, from the FBP itself
-            centre = fbp[:, fbp.shape[1] // 2]
-            prior = torch.from_numpy(one_hot(tissue_masks_from_hu(centre)))
-        with torch.no_grad():
-            recon, _ = self.module.reconstruct_hu(torch.from_numpy(fbp), prior)
-        return recon.numpy()
+        if fbp.ndim == 4 and fbp.shape[1] == 1:
+            fbp = fbp[:, 0]
+        if fbp.ndim != 3:
+            raise InputError(f"Model input has shape {fbp.shape}: give FBP slices in HU "
+                             "as (N, H, W), consecutive axial slices of one volume.")
+        return predict(self.module, fbp).images
 
 
 # What loading a registered model imports (the checkpoint reader, the networks, the
@@ -202,9 +201,9 @@ def _register(model: str, checkpoint: Path, checkpoint_hash: str, module, name: 
 
     geometry, noise = dict(module.hparams.geometry), dict(module.hparams.noise)
     size = int(geometry["image_size"])
-    example = np.zeros((1, int(module.hparams.in_channels), size, size), np.float32)
-    example[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
-    signature = infer_signature(example, np.zeros((1, 1, size, size), np.float32))
+    example = np.zeros((1, size, size), np.float32)
+    example[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
+    signature = infer_signature(example, np.zeros((1, size, size), np.float32))
     with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(
             run_name=f"register {name}"):
         info = mlflow.pyfunc.log_model(
@@ -272,12 +271,21 @@ def _promote(cfg: DictConfig, version, margin_db: float) -> dict[str, Any]:
     return {"name": name, "champion": current, "changed": decision, "reason": reason}
 
 
-def resolve_model_uri(uri: str):
-    """``models:/...``, ``runs:/...`` or a checkpoint path -> a loaded ReconModule."""
+def champion_uri(cfg: DictConfig, views: int | None = None, model: str = "sg_unet") -> str:
+    """``models:/<name>@champion`` of ``model`` for the configured geometry at ``views``."""
+    from sparsect.settings import geometry_from_cfg
+
+    return f"models:/{model_name(geometry_from_cfg(cfg, views).to_dict(), model)}@{ALIAS}"
+
+
+def resolve_model_uri(cfg: DictConfig, uri: str):
+    """``models:/...``, ``runs:/...`` (from ``cfg``'s tracking store) or a checkpoint
+    path -> a loaded ReconModule."""
     if uri.startswith(("models:/", "runs:/")):
         import mlflow.pyfunc
         from mlflow.exceptions import MlflowException
 
+        mlflow.set_tracking_uri(tracking_uri(cfg))
         try:
             loaded = mlflow.pyfunc.load_model(uri)
         except MlflowException as error:

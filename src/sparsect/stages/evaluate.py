@@ -17,63 +17,32 @@ The oracle, if trained, is marked ``upper_bound``: it reads full-dose masks.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from sparsect.data.datamodule import neighbour_table
 from sparsect.data.store import atomic_dir, atomic_write_json, load_array, read_json
 from sparsect.evaluation.figures import panel, residual_panel
 from sparsect.evaluation.metrics import mean_dice, psnr_hu, rmse_hu, ssim_hu
 from sparsect.evaluation.statistics import per_slice_region_metrics, region_masks, summarise
 from sparsect.models.checkpoint import load_module
+from sparsect.models.predict import Prediction, predict
+from sparsect.models.variants import known_variant, variant_table
 from sparsect.physics import Geometry, Projector, hu_to_mu
 from sparsect.priors.classes import NUM_TISSUE_CLASSES
-from sparsect.priors.masks import one_hot
-
-BATCH = 16
 
 
-@torch.no_grad()
-def run_model(checkpoint: Path, fbp_hu: np.ndarray, prior_classes: np.ndarray | None,
-              index: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Runs a checkpoint on ``(N, H, W)`` FBP slices -> (HU images, predicted classes | None).
+def run_model(checkpoint: Path, fbp_hu: np.ndarray, index: list, true_masks: np.ndarray
+              ) -> Prediction:
+    """Applies a checkpoint to the test split's FBP slices through :func:`predict`.
 
-    ``index`` (subject, z of every slice) is needed for 2.5D models."""
+    Only an oracle (an upper bound) is given the full-dose masks."""
     module = load_module(checkpoint)
-    context = int(module.hparams.in_channels)
-    neighbours = None if context == 1 else neighbour_table(index, context)
-    images, classes = [], []
-    for start in range(0, len(fbp_hu), BATCH):
-        stop = min(start + BATCH, len(fbp_hu))
-        if neighbours is None:
-            fbp = torch.from_numpy(np.asarray(fbp_hu[start:stop], np.float32))[:, None]
-        else:
-            fbp = torch.from_numpy(np.asarray(fbp_hu, np.float32)[neighbours[start:stop]])
-        prior = None
-        if prior_classes is not None:
-            prior = torch.from_numpy(one_hot(np.asarray(prior_classes[start:stop])))
-        recon, probs = module.reconstruct_hu(fbp, prior)
-        images.append(recon[:, 0].numpy())
-        if probs is not None:
-            classes.append(probs.argmax(dim=1).numpy().astype(np.uint8))
-    return np.concatenate(images), (np.concatenate(classes) if classes else None)
-
-
-def prior_input(prior: str, sim_dir: Path, true_masks: np.ndarray) -> np.ndarray | None:
-    """The class map a model is given as input at test time.
-
-    Only the oracle (an upper bound) sees the full-dose masks; the threshold
-    prior is computed from the FBP; the predicted prior comes from the network
-    itself, so it gets nothing.
-    """
-    if prior == "oracle":
-        return true_masks
-    if prior == "threshold":
-        return np.asarray(load_array(Path(sim_dir) / "test", "threshold_masks"))
-    return None
+    full_dose = true_masks if module.hparams.prior == "oracle" else None
+    return predict(module, fbp_hu, index=index, full_dose_classes=full_dose)
 
 
 def image_metrics(pred: np.ndarray, target: np.ndarray, hu_min: float, hu_max: float
@@ -109,6 +78,79 @@ def _summary(per_slice: dict[str, np.ndarray], subjects: np.ndarray) -> dict[str
     return out
 
 
+@dataclass
+class HeldOut:
+    """What ``evaluate`` reads of the held-out test split: references, measurements, masks."""
+
+    target: np.ndarray
+    index: list
+    subjects: np.ndarray
+    fbp: np.ndarray
+    sinograms: np.ndarray
+    geometry: Geometry
+    true_masks: np.ndarray
+
+    @classmethod
+    def load(cls, prepared_dir: Path, sim_dir: Path, masks_dir: Path) -> HeldOut:
+        index = read_json(Path(prepared_dir) / "test" / "index.json")
+        return cls(
+            target=np.asarray(load_array(Path(prepared_dir) / "test", "hu")),
+            index=index,
+            subjects=np.array([subject for subject, _ in index]),
+            fbp=np.asarray(load_array(Path(sim_dir) / "test", "fbp")),
+            sinograms=np.asarray(load_array(Path(sim_dir) / "test", "sinogram")),
+            geometry=Geometry.from_dict(read_json(Path(sim_dir) / "geometry.json")["geometry"]),
+            true_masks=np.asarray(load_array(Path(masks_dir) / "test", "masks")),
+        )
+
+
+def reconstructions(cfg: DictConfig, split: HeldOut, models_dir: Path,
+                    baselines_dir: Path | None) -> tuple[dict, dict, dict]:
+    """Every method's test images, with per-model extras (prior, upper bound, Dice)
+    and the tissue classes predicted by predicted-prior models."""
+    images = {"fbp": split.fbp}
+    if baselines_dir is not None:
+        for method in read_json(Path(baselines_dir) / "settings.json")["methods"]:
+            images[method] = np.asarray(load_array(Path(baselines_dir), method))
+    extra: dict[str, dict] = {name: {} for name in images}
+    predicted_masks = {}
+    table = variant_table(cfg)
+    for name, info in read_json(Path(models_dir) / "summary.json").items():
+        variant = known_variant(table, name)
+        prediction = run_model(Path(models_dir) / info["checkpoint"], split.fbp, split.index,
+                               split.true_masks)
+        images[name], classes = prediction.images, prediction.classes
+        extra[name] = {"prior": variant.prior, "upper_bound": variant.upper_bound}
+        if classes is not None and variant.prior == "predicted":
+            dice = mean_dice(torch.from_numpy(classes), torch.from_numpy(split.true_masks),
+                             NUM_TISSUE_CLASSES).numpy()
+            extra[name]["dice"] = float(np.nanmean(dice))
+            extra[name]["ci95_dice"] = summarise(dice, split.subjects)["ci95"]
+            predicted_masks[f"{name} masks"] = classes
+    return images, extra, predicted_masks
+
+
+def score(images: dict[str, np.ndarray], extra: dict[str, dict], split: HeldOut,
+          lo: float, hi: float) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Metrics of every method (whole image, per region, residual) and residual maps."""
+    regions = region_masks(split.true_masks)
+    metrics: dict[str, dict] = {}
+    residual_maps = {}
+    for name, image in images.items():
+        per_slice = image_metrics(image, split.target, lo, hi)
+        per_slice["residual"], residual_maps[name] = residuals(image, split.sinograms,
+                                                               split.geometry)
+        metrics[name] = {**_summary(per_slice, split.subjects), **extra[name]}
+        by_region = per_slice_region_metrics(image, split.target, regions, lo, hi)
+        metrics[name]["regions"] = {
+            region: {k: float(np.nanmean(v)) for k, v in values.items()}
+            for region, values in by_region.items()}
+        metrics[name]["regions_ci95"] = {
+            region: {k: summarise(v, split.subjects)["ci95"] for k, v in values.items()}
+            for region, values in by_region.items()}
+    return metrics, residual_maps
+
+
 def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path,
              models_dir: Path, out_dir: Path, views: int | None = None,
              baselines_dir: Path | None = None) -> Path:
@@ -118,67 +160,29 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
     ``sirt``, ``tv``) and every model in ``models_dir``."""
     views = int(views if views is not None else cfg.geometry.views)
     lo, hi = float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max)
-    target = np.asarray(load_array(Path(prepared_dir) / "test", "hu"))
-    index = read_json(Path(prepared_dir) / "test" / "index.json")
-    subjects = np.array([subject for subject, _ in index])
-    fbp = np.asarray(load_array(Path(sim_dir) / "test", "fbp"))
-    sinograms = np.asarray(load_array(Path(sim_dir) / "test", "sinogram"))
-    geometry = Geometry.from_dict(read_json(Path(sim_dir) / "geometry.json")["geometry"])
-    true_masks = np.asarray(load_array(Path(masks_dir) / "test", "masks"))
-    regions = region_masks(true_masks)
-    summary = read_json(Path(models_dir) / "summary.json")
-
-    images = {"fbp": fbp}
-    if baselines_dir is not None:
-        for method in read_json(Path(baselines_dir) / "settings.json")["methods"]:
-            images[method] = np.asarray(load_array(Path(baselines_dir), method))
-    extra: dict[str, dict] = {name: {} for name in images}
-    predicted_masks = {}
-    for name, info in summary.items():
-        prior = info["prior"]
-        prior_classes = prior_input(prior, sim_dir, true_masks)
-        images[name], classes = run_model(Path(models_dir) / info["checkpoint"], fbp,
-                                          prior_classes, index)
-        extra[name] = {"prior": prior, "upper_bound": prior == "oracle"}
-        if classes is not None and prior == "predicted":
-            dice = mean_dice(torch.from_numpy(classes), torch.from_numpy(true_masks),
-                             NUM_TISSUE_CLASSES).numpy()
-            extra[name]["dice"] = float(np.nanmean(dice))
-            extra[name]["ci95_dice"] = summarise(dice, subjects)["ci95"]
-            predicted_masks[f"{name} masks"] = classes
-
-    metrics: dict[str, dict] = {}
-    residual_maps = {}
-    reference_residual, _ = residuals(target, sinograms, geometry)
-    for name, image in images.items():
-        per_slice = image_metrics(image, target, lo, hi)
-        per_slice["residual"], residual_maps[name] = residuals(image, sinograms, geometry)
-        metrics[name] = {**_summary(per_slice, subjects), **extra[name]}
-        by_region = per_slice_region_metrics(image, target, regions, lo, hi)
-        metrics[name]["regions"] = {
-            region: {k: float(np.nanmean(v)) for k, v in values.items()}
-            for region, values in by_region.items()}
-        metrics[name]["regions_ci95"] = {
-            region: {k: summarise(v, subjects)["ci95"] for k, v in values.items()}
-            for region, values in by_region.items()}
+    split = HeldOut.load(prepared_dir, sim_dir, masks_dir)
+    images, extra, predicted_masks = reconstructions(cfg, split, models_dir, baselines_dir)
+    metrics, residual_maps = score(images, extra, split, lo, hi)
+    reference_residual, _ = residuals(split.target, split.sinograms, split.geometry)
     metrics["_reference"] = {"residual": float(reference_residual.mean()),
                              "note": "full-dose reference: residual floor from noise and the "
                                      "finer simulation grid"}
-    metrics["_settings"] = {"views": views, "split": "test", "slices": int(len(target)),
-                            "subjects": sorted(set(subjects.tolist())),
+    metrics["_settings"] = {"views": views, "split": "test", "slices": int(len(split.target)),
+                            "subjects": sorted(set(split.subjects.tolist())),
                             "hu_window": [lo, hi], "data_range_hu": hi - lo}
 
     count = int(cfg.evaluate.panel_slices)
-    picks = np.linspace(0, len(target) - 1, count + 2)[1:-1].round().astype(int)
+    picks = np.linspace(0, len(split.target) - 1, count + 2)[1:-1].round().astype(int)
     with atomic_dir(Path(out_dir)) as tmp:
         atomic_write_json(tmp / "metrics.json", metrics)
-        panel(tmp / "panel.png", target[picks], {k: v[picks] for k, v in images.items()},
-              {"full-dose masks": true_masks[picks],
+        panel(tmp / "panel.png", split.target[picks], {k: v[picks] for k, v in images.items()},
+              {"full-dose masks": split.true_masks[picks],
                **{k: v[picks] for k, v in predicted_masks.items()}},
               title=f"{views} views, test split")
         residual_panel(tmp / "residuals.png", {k: v[picks] for k, v in residual_maps.items()},
                        title=f"{views} views: A x - y, measured sparse sinogram")
-    log_figures(cfg, summary, Path(models_dir), Path(out_dir))
+    log_figures(cfg, read_json(Path(models_dir) / "summary.json"), Path(models_dir),
+                Path(out_dir))
     return Path(out_dir)
 
 

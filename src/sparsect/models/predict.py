@@ -1,0 +1,108 @@
+"""Applying a trained model to new data: the one path from FBP slices to HU images.
+
+``evaluate``, ``sparsect reconstruct``, the registered pyfunc model and the
+benchmarks all call :func:`predict`, so what is scored is what is served. It
+does what the network's inputs need and what training did:
+
+- batching (``batch_size`` slices per call; results do not depend on it beyond
+  float rounding);
+- 2.5D context: each slice's axial neighbours as channels, never crossing into
+  another subject (``index``), repeating the edge slice at a volume's ends;
+- the prior input: nothing for ``none`` and ``predicted`` (the network predicts
+  its own), HU-threshold classes of the FBP itself for ``threshold`` (as the
+  ``simulate`` stage computes them for training), and the full-dose classes for
+  ``oracle``, which must be passed explicitly and are refused for any other model
+  (an upper bound cannot be applied to new data).
+
+``sinogram`` and ``geometry`` are the measurements and the acquisition the FBP was
+made from; the image-domain variants of the table do not read them, learned
+iterative ones will, through this same function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparsect.data.datamodule import neighbour_table
+from sparsect.errors import InputError
+from sparsect.models.module import ReconModule
+from sparsect.priors.masks import one_hot, tissue_masks_from_hu
+
+BATCH_SIZE = 16
+
+
+@dataclass
+class Prediction:
+    """``images``: ``(N, H, W)`` float32 HU; ``classes``: ``(N, H, W)`` uint8 tissue
+    classes predicted by the network's segmentation head (None without one)."""
+
+    images: np.ndarray
+    classes: np.ndarray | None
+
+
+def volume_index(count: int) -> list[tuple[str, int]]:
+    """The index of ``count`` consecutive axial slices of one volume."""
+    return [("volume", z) for z in range(count)]
+
+
+def prior_classes(prior: str, fbp_hu: np.ndarray,
+                  full_dose_classes: np.ndarray | None) -> np.ndarray | None:
+    """The class map a model with ``prior`` is given for the slices ``fbp_hu``.
+
+    Raises:
+        InputError: an oracle model without full-dose classes.
+        ValueError: full-dose classes offered to any other model (they would leak).
+    """
+    if prior == "oracle":
+        if full_dose_classes is None:
+            raise InputError("Oracle models read full-dose masks, which new data do not have: "
+                             "use a deployable model (unet or sg_unet).")
+        return np.asarray(full_dose_classes)
+    if full_dose_classes is not None:
+        raise ValueError(f"full-dose classes given to a model with prior '{prior}': only the "
+                         "oracle (an upper bound) may read them")
+    if prior == "threshold":
+        return tissue_masks_from_hu(np.asarray(fbp_hu, np.float32))
+    return None
+
+
+@torch.no_grad()
+def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = None,
+            full_dose_classes: np.ndarray | None = None, sinogram: np.ndarray | None = None,
+            geometry: Any = None, batch_size: int = BATCH_SIZE) -> Prediction:
+    """Runs ``module`` on ``(N, H, W)`` FBP slices in HU.
+
+    Args:
+        index: ``(subject, z)`` of every slice (2.5D neighbours stay within a
+            subject); None: the slices are one volume, in axial order.
+        full_dose_classes: ``(N, H, W)`` full-dose tissue classes, for oracle models only.
+        sinogram: ``(N, views, detectors)`` measurements the FBP was made from.
+        geometry: their :class:`~sparsect.physics.Geometry`.
+        batch_size: slices per network call.
+    """
+    fbp_hu = np.asarray(fbp_hu, np.float32)
+    if fbp_hu.ndim != 3:
+        raise ValueError(f"fbp_hu must be (N, H, W), got shape {fbp_hu.shape}")
+    if sinogram is not None and len(sinogram) != len(fbp_hu):
+        raise ValueError(f"{len(sinogram)} sinograms for {len(fbp_hu)} FBP slices")
+    index = volume_index(len(fbp_hu)) if index is None else index
+    if len(index) != len(fbp_hu):
+        raise ValueError(f"index has {len(index)} entries for {len(fbp_hu)} slices")
+    neighbours = neighbour_table(index, module.context)
+    classes_in = prior_classes(str(module.hparams.prior), fbp_hu, full_dose_classes)
+    images, classes = [], []
+    for start in range(0, len(fbp_hu), batch_size):
+        stop = min(start + batch_size, len(fbp_hu))
+        fbp = torch.from_numpy(fbp_hu[neighbours[start:stop]]).to(module.device)
+        prior = None
+        if classes_in is not None:
+            prior = torch.from_numpy(one_hot(classes_in[start:stop])).to(module.device)
+        recon, probs = module.reconstruct_hu(fbp, prior)
+        images.append(recon[:, 0].cpu().numpy())
+        if probs is not None:
+            classes.append(probs.argmax(dim=1).cpu().numpy().astype(np.uint8))
+    return Prediction(np.concatenate(images), np.concatenate(classes) if classes else None)

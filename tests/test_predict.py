@@ -1,0 +1,116 @@
+"""One way to apply a model: evaluate, reconstruct, the pyfunc model and the benchmark
+all go through ``sparsect.models.predict.predict`` and agree to the bit."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import ROOT
+from sparsect.errors import InputError
+from sparsect.inference import Reconstructor
+from sparsect.models.checkpoint import load_module
+from sparsect.models.module import ReconModule
+from sparsect.models.predict import predict
+from sparsect.physics import Geometry, NoiseModel, Projector, hu_to_mu
+from sparsect.registry import ReconstructionModel
+from sparsect.stages.evaluate import run_model
+
+GEOMETRY = Geometry("parallel", views=16, image_size=32, pixel_size_mm=12.0)
+SGUNET = {"_target_": "sparsect.models.unet.SGUNet", "channels": 4, "depth": 3,
+          "seg_channels": 4}
+
+
+def save_module(path, prior: str, context: int, predict_prior: bool):
+    """A tiny checkpoint whose every weight matters (no zero-initialised heads), so
+    outputs depend on the neighbours and the prior input."""
+    torch.manual_seed(0)
+    module = ReconModule(
+        net={**SGUNET, "in_channels": context, "predict_prior": predict_prior}, prior=prior,
+        geometry=GEOMETRY.to_dict(), noise=asdict(NoiseModel(i0=1e5)),
+        acquisition={"upsample": 2, "filter": "ram-lak", "hu_clip": [-1024.0, 3071.0]})
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.2)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)},
+               path)
+    return path
+
+
+def sinograms(count: int = 5) -> np.ndarray:
+    """Line integrals of discs of soft tissue, bone and lung, a different one per slice."""
+    size = GEOMETRY.image_size
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    out = []
+    with Projector(GEOMETRY, "cpu") as projector:
+        for z in range(count):
+            hu = np.full((size, size), -1000.0, np.float32)
+            hu[xx**2 + yy**2 < 13**2] = 40.0
+            hu[(xx - 4 + z) ** 2 + yy**2 < 9] = 900.0
+            hu[xx**2 + (yy - 5) ** 2 < 16 + 4 * z] = -850.0
+            out.append(projector.forward(hu_to_mu(hu)))
+    return np.stack(out).astype(np.float32)
+
+
+def bench_module():
+    spec = importlib.util.spec_from_file_location(
+        "bench_reconstruct", ROOT / "scripts" / "bench_reconstruct.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("prior", "context", "predict_prior"),
+                         [("threshold", 3, False), ("predicted", 1, True)])
+def test_four_entry_points_give_the_same_numbers(tmp_path, prior, context, predict_prior):
+    checkpoint = save_module(tmp_path / "model.ckpt", prior, context, predict_prior)
+    module = load_module(checkpoint)
+    measured = sinograms()
+    fbp = Reconstructor(module, method="fbp", device="cpu").from_sinograms(measured)
+    expected = predict(module, fbp).images
+    assert not np.allclose(expected, fbp, atol=1.0)  # the network does something
+
+    served = Reconstructor(module, device="cpu").from_sinograms(measured)
+    index = [["subject", z] for z in range(len(fbp))]
+    scored = run_model(checkpoint, fbp, index, true_masks=np.zeros(fbp.shape, np.uint8))
+    pyfunc = ReconstructionModel()
+    pyfunc.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint)}))
+    registered = pyfunc.predict(None, fbp)
+    benchmarked = bench_module().reconstruct_volume(module, fbp)
+
+    for name, images in {"reconstruct": served, "evaluate": scored.images,
+                         "pyfunc": registered, "benchmark": benchmarked}.items():
+        assert np.array_equal(images, expected), name
+
+
+def test_neighbours_and_priors_are_what_the_model_reads(tmp_path):
+    module = load_module(save_module(tmp_path / "model.ckpt", "threshold", 3, False))
+    fbp = Reconstructor(module, method="fbp", device="cpu").from_sinograms(sinograms(6))
+    # two subjects of three slices: the same as predicting each volume on its own
+    index = [["a", 0], ["a", 1], ["a", 2], ["b", 0], ["b", 1], ["b", 2]]
+    both = predict(module, fbp, index=index, batch_size=4).images
+    alone = np.concatenate([predict(module, fbp[:3]).images, predict(module, fbp[3:]).images])
+    assert np.allclose(both, alone, atol=1e-3)
+    # ...and not the same as one volume of six (the neighbours would cross subjects)
+    crossed = predict(module, fbp).images
+    assert not np.allclose(crossed[2:4], both[2:4], atol=1e-3)
+    assert np.allclose(crossed[:2], both[:2], atol=1e-3)
+
+
+def test_oracle_models_and_leaks_are_refused(tmp_path):
+    oracle = load_module(save_module(tmp_path / "oracle.ckpt", "oracle", 1, False))
+    fbp = np.zeros((2, 32, 32), np.float32)
+    with pytest.raises(InputError, match="Oracle models read full-dose masks"):
+        predict(oracle, fbp)
+    masks = np.full(fbp.shape, 3, np.uint8)
+    assert predict(oracle, fbp, full_dose_classes=masks).images.shape == fbp.shape
+    deployable = load_module(save_module(tmp_path / "sg.ckpt", "predicted", 1, True))
+    with pytest.raises(ValueError, match="only the oracle"):
+        predict(deployable, fbp, full_dose_classes=masks)
+    with pytest.raises(ValueError, match="2 sinograms for 3 FBP slices"):
+        predict(deployable, np.zeros((3, 32, 32), np.float32), sinogram=np.zeros((2, 16, 8)))
