@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 SPARSECT = str(Path(sys.executable).parent / "sparsect")
 PARAMS = ["--params", str(ROOT / "params.yaml")]
 
@@ -30,7 +31,8 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["prepare", "--data", "empty", "--out", "out", *PARAMS], "holds no CT scan"),
         (["simulate", "--prepared", "prepared", "--out", "out", *PARAMS, "noise.i0=0"],
          "Invalid noise setting"),
-        (["train", "--views", "60", *PARAMS], "train needs --sim and --out"),
+        (["train", "--views", "60", "--prepared", "p", "--masks", "m", *PARAMS],
+         "train needs --sim and --out"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_code_2(tmp_path, args, message):

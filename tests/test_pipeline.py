@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import sh, tool_env
+from helpers import sh, tool_env
 from sparsect.tracking import CHECKPOINT_TAG, sha256_file
 
 
@@ -76,7 +76,9 @@ def test_promote_stage_names_a_champion_per_view_count(tiny_repo):
     for name in names:
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     env = tool_env(tiny_repo)
-    sh("sparsect", "promote", cwd=tiny_repo, env=env)  # a second promote changes nothing
+    sh("sparsect", "promote", "--prepared", "artifacts/prepared", "--models", "artifacts/models",
+       "--evaluations", "reports/views", "--out", "reports/promotion.json", cwd=tiny_repo,
+       env=env)  # a second promote changes nothing
     for name in names:
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
         assert len(client.search_model_versions(f"name='{name}'")) == 1
@@ -86,6 +88,7 @@ def test_promote_stage_names_a_champion_per_view_count(tiny_repo):
 def test_hydra_multirun_over_view_counts(tiny_repo):
     env = {**tool_env(tiny_repo), "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'sweep.db'}"}
     sh("sparsect", "train", "-m", "experiment=tiny", "geometry.views=12,24",
+       "--prepared", "artifacts/prepared", "--masks", "artifacts/masks",
        "--sweep-dir", "sweep", cwd=tiny_repo, env=env)
     for views in (12, 24):
         job = tiny_repo / "sweep" / f"experiment=tiny,geometry.views={views}"

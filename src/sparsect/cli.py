@@ -1,9 +1,11 @@
 """Command line: ``sparsect <command> [options] [key=value overrides]``.
 
-Every stage command reads ``params.yaml`` (``--params``) and takes its input
-and output paths as options, so ``dvc.yaml`` is the one place that names
-them. A mistake the user can fix ends in one sentence and exit code 2; pass
-``--debug`` (or set ``HYDRA_FULL_ERROR=1``) for the traceback.
+Each subcommand is its arguments and a handler beside them; a handler reads
+``params.yaml`` (``--params``) and calls the module that does the work. Stage
+commands take every input and output path as a required option, so ``dvc.yaml``
+is the one place that names them. A mistake the user can fix ends in one
+sentence and exit code 2; pass ``--debug`` (or set ``HYDRA_FULL_ERROR=1``) for
+the traceback.
 """
 
 from __future__ import annotations
@@ -11,22 +13,125 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sparsect.errors import InputError
 from sparsect.notice import RESEARCH_NOTICE
 
+Handler = Callable[[argparse.Namespace], object]
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+
+def _cfg(args: argparse.Namespace):  # noqa: ANN202 - DictConfig, imported lazily
+    from sparsect.config import load_params
+
+    return load_params(args.params, args.overrides)
+
+
+def _command(commands: argparse._SubParsersAction, name: str, handler: Handler, help: str,  # noqa: A002
+             paths: tuple[str, ...] = (), **kwargs: object) -> argparse.ArgumentParser:
+    """A subcommand with ``--params``/``--debug``, required path options named as in
+    dvc.yaml, and ``handler`` as ``args.func``."""
+    parser = commands.add_parser(name, help=help, **kwargs)
+    for path in paths:
+        parser.add_argument(f"--{path}", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="parameter file (default: params.yaml)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(func=handler)
+    return parser
 
 
-def _add_paths(parser: argparse.ArgumentParser, *names: str, required: bool = True) -> None:
-    """Stage input/output folders, named as in dvc.yaml."""
-    for name in names:
-        parser.add_argument(f"--{name}", type=Path, required=required)
+def _params(args: argparse.Namespace) -> object:
+    from sparsect.config import write_params
+
+    return write_params(args.conf, args.out, args.overrides)
+
+
+def _make_data(args: argparse.Namespace) -> object:
+    from sparsect.stages.make_data import make_data
+
+    return make_data(_cfg(args), args.out, args.if_empty)
+
+
+def _prepare(args: argparse.Namespace) -> object:
+    from sparsect.stages.prepare import prepare
+
+    return prepare(_cfg(args), args.data, args.out)
+
+
+def _simulate(args: argparse.Namespace) -> object:
+    from sparsect.stages.simulate import simulate
+
+    return simulate(_cfg(args), args.prepared, args.out, args.views, args.workers, args.shard)
+
+
+def _merge_shards(args: argparse.Namespace) -> object:
+    from sparsect.stages.simulate import merge_shards
+
+    return merge_shards(args.shards, args.out)
+
+
+def _baselines(args: argparse.Namespace) -> object:
+    from sparsect.stages.baselines import baselines
+
+    return baselines(_cfg(args), args.sim, args.out, args.workers)
+
+
+def _masks(args: argparse.Namespace) -> object:
+    from sparsect.stages.masks import masks
+
+    return masks(_cfg(args), args.prepared, args.out)
+
+
+def _sweep(args: argparse.Namespace) -> object:
+    from sparsect.sweep import multirun
+
+    return multirun(args.overrides, args.prepared, args.masks, sweep_dir=args.sweep_dir)
+
+
+def _train(args: argparse.Namespace) -> object:
+    if args.multirun:  # not a DVC stage: its imports are _sweep's
+        return _sweep(args)
+    from sparsect.stages.train import train
+
+    if args.sim is None or args.out is None:
+        raise InputError("train needs --sim and --out (or -m for a Hydra sweep).")
+    models = tuple(args.models.split(",")) if args.models else None
+    return train(_cfg(args), args.prepared, args.sim, args.masks, args.out, args.views, models)
+
+
+def _evaluate(args: argparse.Namespace) -> object:
+    from sparsect.stages.evaluate import evaluate
+
+    return evaluate(_cfg(args), args.prepared, args.sim, args.masks, args.models, args.out,
+                    args.views, args.baselines)
+
+
+def _ablation(args: argparse.Namespace) -> object:
+    from sparsect.stages.ablation import ablation
+
+    return ablation(_cfg(args), args.prepared, args.sim, args.masks, args.work, args.out,
+                    args.views)
+
+
+def _promote(args: argparse.Namespace) -> object:
+    from sparsect.stages.promote import promote_all
+
+    return promote_all(_cfg(args), args.prepared, args.models, args.evaluations, args.out)
+
+
+def _report(args: argparse.Namespace) -> object:
+    from sparsect.stages.report import report
+
+    return report(_cfg(args), args.evaluations, args.out)
+
+
+def _reconstruct(args: argparse.Namespace) -> object:
+    from sparsect.inference import reconstruct_files
+
+    return reconstruct_files(_cfg(args), args.input, args.output, args.model, args.method,
+                             args.views, args.save_reference)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,82 +142,78 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("params", help="compose conf/ into params.yaml")
+    p = _command(commands, "params", _params, "compose conf/ into params.yaml")
     p.add_argument("--conf", type=Path, default=Path("conf"))
     p.add_argument("--out", type=Path, default=Path("params.yaml"))
-    _add_common(p)
 
-    p = commands.add_parser("make-data", help="write the built-in phantom scans")
-    p.add_argument("--out", type=Path, default=Path("data"))
+    _add_stage_commands(commands)
+    _add_user_commands(commands)
+    return parser
+
+
+def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
+    """The pipeline's commands (what ``dvc.yaml`` runs, sharding and the ablation)."""
+    p = _command(commands, "make-data", _make_data, "write the built-in phantom scans",
+                 paths=("out",))
     p.add_argument("--if-empty", action="store_true",
                    help="do nothing if the folder already holds files")
-    _add_common(p)
 
-    p = commands.add_parser("prepare", help="scans -> standardised slices, split by subject")
-    p.add_argument("--data", type=Path, default=Path("data"))
-    p.add_argument("--out", type=Path, required=True)
-    _add_common(p)
+    _command(commands, "prepare", _prepare, "scans -> standardised slices, split by subject",
+             paths=("data", "out"))
 
-    p = commands.add_parser("simulate", help="sparse-view sinograms and FBP")
-    _add_paths(p, "prepared", "out")
+    p = _command(commands, "simulate", _simulate, "sparse-view sinograms and FBP",
+                 paths=("prepared", "out"))
     p.add_argument("--views", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="simulate only the subjects of shard K of N (cluster array jobs)")
-    _add_common(p)
 
-    p = commands.add_parser("merge-shards", help="assemble `simulate --shard` outputs")
+    p = _command(commands, "merge-shards", _merge_shards, "assemble `simulate --shard` outputs",
+                 paths=("out",))
     p.add_argument("shards", type=Path, nargs="+")
-    p.add_argument("--out", type=Path, required=True)
-    _add_common(p)
 
-    p = commands.add_parser("baselines", help="SIRT and TV reconstructions of the test split")
-    _add_paths(p, "sim", "out")
+    p = _command(commands, "baselines", _baselines,
+                 "SIRT and TV reconstructions of the test split", paths=("sim", "out"))
     p.add_argument("--workers", type=int, default=None)
-    _add_common(p)
 
-    p = commands.add_parser("masks", help="tissue-class masks of the full-dose slices")
-    _add_paths(p, "prepared", "out")
-    _add_common(p)
+    _command(commands, "masks", _masks, "tissue-class masks of the full-dose slices",
+             paths=("prepared", "out"))
 
-    p = commands.add_parser(
-        "train", help="train unet and sg_unet at one view count (-m: Hydra multirun sweep)")
+    p = _command(commands, "train", _train,
+                 "train the variants at one view count (-m: Hydra multirun sweep)",
+                 paths=("prepared", "masks"))
     p.add_argument("-m", "--multirun", action="store_true",
                    help="Hydra multirun over conf/ with sweep overrides, e.g. "
                         "geometry.views=30,60,120 (simulate, train, evaluate per job)")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
     p.add_argument("--sim", type=Path, default=None)
-    p.add_argument("--masks", type=Path, default=Path("artifacts/masks"))
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--sweep-dir", type=Path, default=Path("multirun"))
     p.add_argument("--views", type=int, default=None)
     p.add_argument("--models", default=None,
-                   help="comma-separated: unet, sg_unet, sg_threshold, sg_oracle "
-                        "(default: unet and the model of prior.variant)")
-    _add_common(p)
+                   help="comma-separated names from the variants table (default: unet and "
+                        "the variants of prior.variant)")
 
-    p = commands.add_parser("evaluate", help="test-split metrics and panels at one view count")
-    _add_paths(p, "prepared", "sim", "masks", "models")
+    p = _command(commands, "evaluate", _evaluate,
+                 "test-split metrics and panels at one view count",
+                 paths=("prepared", "sim", "masks", "models", "out"))
     p.add_argument("--baselines", type=Path, default=None)
-    p.add_argument("--out", type=Path, required=True)
     p.add_argument("--views", type=int, default=None)
-    _add_common(p)
 
-    p = commands.add_parser("ablation", help="train and score every prior variant")
-    _add_paths(p, "prepared", "sim", "masks", "work", "out")
+    p = _command(commands, "ablation", _ablation, "train and score every variant",
+                 paths=("prepared", "sim", "masks", "work", "out"))
     p.add_argument("--views", type=int, default=None)
-    _add_common(p)
 
-    p = commands.add_parser("promote", help="register models and move the champion alias")
-    p.add_argument("--prepared", type=Path, default=Path("artifacts/prepared"))
-    p.add_argument("--models", type=Path, default=Path("artifacts/models"))
-    p.add_argument("--evaluations", type=Path, default=Path("reports/views"))
-    p.add_argument("--out", type=Path, default=Path("reports/promotion.json"))
-    _add_common(p)
+    _command(commands, "promote", _promote, "register models and move the champion alias",
+             paths=("prepared", "models", "evaluations", "out"))
 
-    p = commands.add_parser(
-        "reconstruct",
-        help="reconstruct a scan or sinogram with a model",
+    _command(commands, "report", _report, "merged metrics, plot CSVs and report.md",
+             paths=("evaluations", "out"))
+
+
+def _add_user_commands(commands: argparse._SubParsersAction) -> None:
+    """Commands for one's own data: reconstruct a scan or sinogram."""
+    p = _command(
+        commands, "reconstruct", _reconstruct, "reconstruct a scan or sinogram with a model",
         description="Reconstruct a CT scan or sinogram with a trained model or a classical "
         f"method. {RESEARCH_NOTICE}",
     )
@@ -127,101 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="model", choices=["model", "fbp", "sirt"])
     p.add_argument("--save-reference", action="store_true",
                    help="also write the input on the model grid as <output stem>_reference")
-    _add_common(p)
-
-    p = commands.add_parser("report", help="merged metrics, plot CSVs and report.md")
-    p.add_argument("--evaluations", type=Path, required=True,
-                   help="folder with one sub-folder per view count")
-    p.add_argument("--out", type=Path, required=True, help="report folder (e.g. reports)")
-    _add_common(p)
-    return parser
-
-
-def run(args: argparse.Namespace) -> object:
-    from sparsect.config import compose, load_params, to_yaml
-
-    if args.command == "params":
-        from sparsect.data.store import atomic_write_bytes
-
-        payload = compose(args.conf, args.overrides)
-        atomic_write_bytes(args.out, to_yaml(payload).encode())
-        return args.out
-    if args.command == "train" and args.multirun:
-        from sparsect.sweep import multirun
-
-        return multirun(args.overrides, args.prepared, args.masks, sweep_dir=args.sweep_dir)
-    cfg = load_params(args.params, args.overrides)
-    if args.command == "make-data":
-        from sparsect.data.phantom import PhantomConfig, write_dataset
-
-        if args.if_empty and args.out.is_dir() and any(
-                p for p in args.out.iterdir() if not p.name.startswith(".")):
-            print(f"{args.out} already holds data; not overwriting it")
-            return args.out
-        phantom = cfg.data.phantom
-        config = PhantomConfig(shape=tuple(phantom.shape), spacing_mm=tuple(phantom.spacing_mm))
-        return write_dataset(args.out, int(phantom.subjects), int(phantom.seed), config)
-    if args.command == "prepare":
-        from sparsect.stages.prepare import prepare
-
-        return prepare(cfg, args.data, args.out)
-    if args.command == "simulate":
-        from sparsect.stages.simulate import simulate
-
-        return simulate(cfg, args.prepared, args.out, args.views, args.workers, args.shard)
-    if args.command == "merge-shards":
-        from sparsect.stages.simulate import merge_shards
-
-        return merge_shards(args.shards, args.out)
-    if args.command == "baselines":
-        from sparsect.stages.baselines import baselines
-
-        return baselines(cfg, args.sim, args.out, args.workers)
-    if args.command == "masks":
-        from sparsect.stages.masks import masks
-
-        return masks(cfg, args.prepared, args.out)
-    if args.command == "train":
-        from sparsect.stages.train import train
-
-        if args.sim is None or args.out is None:
-            raise InputError("train needs --sim and --out (or -m for a Hydra sweep).")
-        models = tuple(args.models.split(",")) if args.models else None
-        return train(cfg, args.prepared, args.sim, args.masks, args.out, args.views, models)
-    if args.command == "evaluate":
-        from sparsect.stages.evaluate import evaluate
-
-        return evaluate(cfg, args.prepared, args.sim, args.masks, args.models, args.out,
-                        args.views, args.baselines)
-    if args.command == "ablation":
-        from sparsect.stages.ablation import ablation
-
-        return ablation(cfg, args.prepared, args.sim, args.masks, args.work, args.out,
-                        args.views)
-    if args.command == "promote":
-        from sparsect.stages.promote import promote_all
-
-        return promote_all(cfg, args.prepared, args.models, args.evaluations, args.out)
-    if args.command == "reconstruct":
-        import mlflow
-
-        from sparsect.inference import run as reconstruct_run
-        from sparsect.registry import model_name, resolve_model_uri
-        from sparsect.settings import geometry_from_cfg
-        from sparsect.tracking import tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri(cfg))
-        uri = args.model or "models:/{}@champion".format(model_name(
-            geometry_from_cfg(cfg, args.views).to_dict(), "sg_unet"))
-        return reconstruct_run(args.input, args.output, resolve_model_uri(uri), args.method,
-                               args.views, args.save_reference, str(cfg.physics.device))
-    if args.command == "report":
-        from sparsect.evaluation.report import write_report
-
-        folders = {int(p.name): p for p in sorted(args.evaluations.iterdir())
-                   if p.is_dir() and p.name.isdigit() and int(p.name) in cfg.sweep.views}
-        return write_report(folders, args.out)
-    raise AssertionError(args.command)
 
 
 def _close_progress_bars() -> None:
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = extras
     debug = args.debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
-        run(args)
+        args.func(args)
     except InputError as error:
         if debug:
             raise

@@ -136,3 +136,11 @@ def load_params(path: Path = DEFAULT_PARAMS, overrides: list[str] | None = None)
 
 def to_yaml(payload: dict[str, Any]) -> str:
     return yaml.safe_dump(payload, sort_keys=False, default_flow_style=False)
+
+
+def write_params(conf_dir: Path, out: Path, overrides: list[str] | None = None) -> Path:
+    """Composes ``conf_dir`` with ``overrides`` into the parameter file ``out``."""
+    from sparsect.data.store import atomic_write_bytes
+
+    atomic_write_bytes(Path(out), to_yaml(compose(conf_dir, overrides)).encode())
+    return Path(out)

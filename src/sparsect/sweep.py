@@ -38,7 +38,9 @@ def _job(cfg: DictConfig) -> float:
     print(f"[sweep] {views} views: " + ", ".join(
         f"{method} {values['psnr']:.2f} dB" for method, values in metrics.items()
         if not method.startswith("_")))
-    return float(metrics["sg_unet"]["psnr"]) if "sg_unet" in metrics else float("nan")
+    learned = [values["psnr"] for method, values in metrics.items()
+               if "upper_bound" in values and not values["upper_bound"]]
+    return float(max(learned)) if learned else float("nan")
 
 
 def multirun(overrides: list[str], prepared: Path, masks: Path, conf_dir: Path = Path("conf"),
