@@ -92,15 +92,16 @@ class HeldOut:
 
     @classmethod
     def load(cls, prepared_dir: Path, sim_dir: Path, masks_dir: Path) -> HeldOut:
+        # copies in memory (the test split is small), writable as torch expects
         index = read_json(Path(prepared_dir) / "test" / "index.json")
         return cls(
-            target=np.asarray(load_array(Path(prepared_dir) / "test", "hu")),
+            target=np.array(load_array(Path(prepared_dir) / "test", "hu")),
             index=index,
             subjects=np.array([subject for subject, _ in index]),
-            fbp=np.asarray(load_array(Path(sim_dir) / "test", "fbp")),
-            sinograms=np.asarray(load_array(Path(sim_dir) / "test", "sinogram")),
+            fbp=np.array(load_array(Path(sim_dir) / "test", "fbp")),
+            sinograms=np.array(load_array(Path(sim_dir) / "test", "sinogram")),
             geometry=Geometry.from_dict(read_json(Path(sim_dir) / "geometry.json")["geometry"]),
-            true_masks=np.asarray(load_array(Path(masks_dir) / "test", "masks")),
+            true_masks=np.array(load_array(Path(masks_dir) / "test", "masks")),
         )
 
 
@@ -111,7 +112,7 @@ def reconstructions(cfg: DictConfig, split: HeldOut, models_dir: Path,
     images = {"fbp": split.fbp}
     if baselines_dir is not None:
         for method in read_json(Path(baselines_dir) / "settings.json")["methods"]:
-            images[method] = np.asarray(load_array(Path(baselines_dir), method))
+            images[method] = np.array(load_array(Path(baselines_dir), method))
     extra: dict[str, dict] = {name: {} for name in images}
     predicted_masks = {}
     table = variant_table(cfg)
