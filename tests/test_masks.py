@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
+from sparsect.errors import InputError
 from sparsect.priors.classes import BACKGROUND, BONE, FAT, LUNG, SOFT_TISSUE
-from sparsect.priors.masks import one_hot, tissue_masks_from_hu, tissue_masks_from_labels
+from sparsect.priors.masks import (
+    FROM_HU,
+    one_hot,
+    tissue_masks_from_hu,
+    tissue_masks_from_labels,
+    tissue_masks_from_labels_and_hu,
+)
 from sparsect.priors.organs import ORGAN_LABELS, ORGAN_TO_TISSUE
 
 
@@ -59,8 +66,33 @@ def test_label_maps_take_a_table_and_reject_unknown_values():
     labels = np.array([[0, 3], [7, 3]])
     table = {0: BACKGROUND, 3: LUNG, 7: BONE}
     assert tissue_masks_from_labels(labels, table).tolist() == [[0, 1], [4, 1]]
-    with pytest.raises(ValueError, match=r"label values \[9\]"):
+    with pytest.raises(InputError, match=r"label values \[9\] .*: add them to masks\.label_table"):
         tissue_masks_from_labels(np.array([[9]]), table)
+
+
+def test_a_table_that_defers_to_hu_needs_the_scan():
+    table = {0: FROM_HU, 3: LUNG}
+    with pytest.raises(ValueError, match="tissue_masks_from_labels_and_hu"):
+        tissue_masks_from_labels(np.array([[0, 3]]), table)
+
+
+def test_labels_and_hu_take_the_table_where_it_covers_and_hu_elsewhere(torso):
+    hu, truth = torso
+    labels = np.zeros(hu.shape, int)
+    labels[70, 48] = 7  # a covered voxel the table calls lung, whatever its HU
+    labels[truth == LUNG] = 3
+    classes = tissue_masks_from_labels_and_hu(labels, hu, {0: FROM_HU, 3: LUNG, 7: LUNG})
+    uncovered = labels == 0
+    assert (classes[uncovered] == tissue_masks_from_hu(hu)[uncovered]).all()
+    assert (classes[truth == LUNG] == LUNG).all() and classes[70, 48] == LUNG
+
+
+def test_labels_and_hu_equal_the_labels_for_a_table_that_covers_everything(torso):
+    hu, truth = torso
+    table = {tissue: tissue for tissue in range(5)}
+    assert (tissue_masks_from_labels_and_hu(truth, hu, table) == truth).all()
+    assert (tissue_masks_from_labels_and_hu(truth, hu, table)
+            == tissue_masks_from_labels(truth, table)).all()
 
 
 def test_the_phantom_label_table_is_the_built_in_organ_table():
@@ -70,6 +102,17 @@ def test_the_phantom_label_table_is_the_built_in_organ_table():
     assert table == ORGAN_TO_TISSUE and table is not ORGAN_TO_TISSUE  # a copy
     assert set(table) == set(ORGAN_LABELS.values())
     assert table[ORGAN_LABELS["bowel_gas"]] == LUNG  # classes follow HU: gas is air-dense
+
+
+def test_user_label_tables_take_class_names_or_hu():
+    from sparsect.stages.masks import label_table
+
+    assert label_table({0: "hu", "5": "bone"}) == {0: FROM_HU, 5: BONE}
+    with pytest.raises(InputError, match=r"maps 5 to 'cartilage'.*use one of .*, hu\.$"):
+        label_table({5: "cartilage"})
+    with pytest.raises(InputError, match=r"'totalseg' is unknown: use 'phantom', "
+                                         r"'totalsegmentator', 'totalsegmentator_v1' or"):
+        label_table("totalseg")
 
 
 def test_one_hot_shape():

@@ -18,6 +18,7 @@ from sparsect.data.phantom import (
     phantom_affine,
     write_dataset,
 )
+from sparsect.errors import InputError
 from sparsect.priors import organs
 from sparsect.priors.classes import (
     BACKGROUND,
@@ -109,9 +110,9 @@ def test_organ_table_maps_label_maps_to_tissue_classes():
 
 
 def test_organ_table_rejects_unknown_labels_and_the_no_label_value():
-    with pytest.raises(ValueError, match=r"\[200\]"):
+    with pytest.raises(InputError, match=r"\[200\]"):
         organ_tissue(np.array([0, 200]))
-    with pytest.raises(ValueError, match=r"\[-1\]"):
+    with pytest.raises(InputError, match=r"\[-1\]"):
         organ_tissue(np.array([organs.NO_LABEL, 3], dtype=np.int16))
 
 

@@ -1,11 +1,12 @@
-"""Tissue-class prior masks from HU values, or from a label map.
+"""Tissue-class prior masks from HU values, from a label map, or from both.
 
 Classes are those of :mod:`sparsect.priors.classes`. Thresholds alone
 mislabel partial-volume pixels (a lung boundary at -300 HU is not fat) and
 stray noise, so the HU route adds morphology: the body is the largest
 connected component of non-air with its holes filled (so the lungs are
 inside it), lung is air inside the body, and small islands of any class are
-absorbed by their surroundings.
+absorbed by their surroundings. A label map that leaves voxels unassigned
+(TotalSegmentator's 0) is completed from HU by :func:`tissue_masks_from_labels_and_hu`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import ndimage
 
+from sparsect.errors import InputError
 from sparsect.priors.classes import (
     BACKGROUND,
     BONE,
@@ -31,6 +33,9 @@ from sparsect.priors.classes import (
 # so -500 separates the outside air from skin without eating into the lungs,
 # which are enclosed by the body and recovered by hole filling).
 HU_BODY_MIN = -500.0
+
+FROM_HU = -1
+"""Label-table value meaning "no label covers this voxel": its class comes from the HU masks."""
 
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
@@ -97,23 +102,88 @@ def tissue_masks_from_hu(hu: np.ndarray, min_component_pixels: int = 20) -> np.n
     return _absorb_small_islands(classes, body, min_component_pixels)
 
 
-def tissue_masks_from_labels(labels: np.ndarray, table: Mapping[int, int]) -> np.ndarray:
-    """Maps organ labels to tissue classes with ``table`` (label value -> class index).
-
-    Raises:
-        ValueError: if the label map holds a value the table does not cover.
-    """
+def _label_lookup(labels: np.ndarray, table: Mapping[int, int]) -> np.ndarray:
+    """Class of every label value up to the largest one (``FROM_HU`` allowed), after checking
+    that ``table`` covers every value in ``labels``."""
     values = np.unique(labels)
     missing = [int(v) for v in values if int(v) not in table]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"label values {missing} have no tissue class in the label table: "
-            "add them to masks.label_table"
+            "add them to masks.label_table or choose the table of the tool that wrote the maps."
         )
-    lookup = np.zeros(int(max(max(table), values.max())) + 1, dtype=np.uint8)
+    lookup = np.zeros(int(max(max(table), values.max())) + 1, dtype=np.int16)
     for label, tissue in table.items():
         lookup[int(label)] = tissue
-    return lookup[labels.astype(np.int64)]
+    return lookup
+
+
+def tissue_masks_from_labels(labels: np.ndarray, table: Mapping[int, int]) -> np.ndarray:
+    """Maps organ labels to tissue classes with ``table`` (label value -> class index).
+
+    The table must cover every voxel (as the phantom table does); a table with
+    ``FROM_HU`` entries needs the scan too: see :func:`tissue_masks_from_labels_and_hu`.
+
+    Raises:
+        InputError: if the label map holds a value the table does not cover; add
+            the value to ``masks.label_table``.
+        ValueError: if the table maps a value to ``FROM_HU``; call
+            :func:`tissue_masks_from_labels_and_hu` instead.
+    """
+    if FROM_HU in table.values():
+        raise ValueError(
+            "the label table takes some classes from HU: use tissue_masks_from_labels_and_hu."
+        )
+    return _label_lookup(labels, table)[labels.astype(np.int64)].astype(np.uint8)
+
+
+def tissue_masks_from_labels_and_hu(
+    labels: np.ndarray,
+    hu: np.ndarray,
+    table: Mapping[int, int],
+    min_component_pixels: int = 20,
+) -> np.ndarray:
+    """Tissue classes from a label map where ``table`` covers a voxel, from HU elsewhere.
+
+    A voxel whose label the table maps to :data:`FROM_HU` (for the
+    TotalSegmentator tables: label 0, "none of the structures", which holds fat,
+    unsegmented muscle and air inside and outside the body) takes its class from
+    :func:`tissue_masks_from_hu` of the same slice; every other voxel takes the
+    table's class. With a table that has no ``FROM_HU`` entry this equals
+    :func:`tissue_masks_from_labels` and the HU masks are not computed.
+
+    Args:
+        labels: ``(H, W)`` or ``(N, H, W)`` integer label map.
+        hu: slices in Hounsfield units, of the same shape as ``labels``.
+        table: label value -> class index or ``FROM_HU``.
+        min_component_pixels: passed to :func:`tissue_masks_from_hu`.
+
+    Returns:
+        uint8 array of the shape of ``labels`` with values in ``0..NUM_TISSUE_CLASSES-1``.
+
+    Raises:
+        InputError: if the label map holds a value the table does not cover; add
+            the value to ``masks.label_table``.
+        ValueError: if ``labels`` and ``hu`` differ in shape; pass the label map
+            of the same slices.
+
+    >>> import numpy as np
+    >>> hu = np.full((32, 32), -1000.0); hu[4:28, 4:28] = -100.0; hu[10:20, 10:20] = 40.0
+    >>> labels = np.zeros((32, 32), int); labels[10:20, 10:20] = 5
+    >>> classes = tissue_masks_from_labels_and_hu(labels, hu, {0: FROM_HU, 5: BONE})
+    >>> [int(classes[y, x]) for y, x in ((15, 15), (6, 6), (1, 1))]  # bone, fat, background
+    [4, 2, 0]
+    """
+    if labels.shape != hu.shape:
+        raise ValueError(
+            f"labels {labels.shape} and hu {hu.shape} differ in shape: "
+            "pass the label map of the same slices."
+        )
+    classes = _label_lookup(labels, table)[labels.astype(np.int64)]
+    uncovered = classes == FROM_HU
+    if uncovered.any():
+        classes[uncovered] = tissue_masks_from_hu(hu, min_component_pixels)[uncovered]
+    return classes.astype(np.uint8)
 
 
 def one_hot(classes: np.ndarray) -> np.ndarray:
