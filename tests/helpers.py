@@ -37,28 +37,60 @@ def write_sitk(path: Path, volume: np.ndarray, spacing=(2.0, 2.0, 4.0)) -> Path:
 
 
 def write_dicom_series(folder: Path, volume: np.ndarray, spacing=(2.0, 2.0, 4.0),
-                       modality: str = "CT", rescale: bool = True) -> Path:
-    """Writes ``volume`` (x, y, z) in HU as a CT DICOM series, one file per slice."""
+                       modality: str = "CT", rescale: bool = True, *, suffix: str = ".dcm",
+                       prefix: str = "slice_", series_uid: str | None = None,
+                       study_uid: str | None = None, series_number: int | None = None,
+                       description: str | None = None, image_type: list[str] | None = None,
+                       transfer_syntax: str | None = None, orientation=(1, 0, 0, 0, 1, 0),
+                       step=None, origin=(0.0, 0.0, 0.0), preamble: bool = True,
+                       patient_id: str = "phantom") -> Path:
+    """Writes ``volume`` (x, y, z) in HU as a CT DICOM series, one file per slice.
+
+    The defaults write ``slice_000.dcm``... of an axial series with a new series UID.
+    Options: file names (``prefix``, ``suffix``, e.g. ``""`` or ``".IMA"``), series and
+    study UIDs, ``SeriesNumber``, ``SeriesDescription``, ``ImageType``, a compressed
+    ``transfer_syntax`` (encoded by pydicom; a syntax it cannot encode gets placeholder
+    fragments), ``orientation`` (ImageOrientationPatient), the ``step`` between slice
+    positions (default: ``spacing[2]`` along the slice normal), the first slice's
+    ``origin``, and files without preamble and file meta (``preamble=False``).
+    """
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_encoder
+    from pydicom.uid import (
+        MPEG2MPML,
+        UID,
+        CTImageStorage,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
-    series_uid, study_uid = generate_uid(), generate_uid()
+    series_uid = generate_uid() if series_uid is None else series_uid
+    study_uid = generate_uid() if study_uid is None else study_uid
+    row, column = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    step = np.cross(row, column) * spacing[2] if step is None else np.asarray(step, float)
     for z in range(volume.shape[2]):
+        path = folder / f"{prefix}{z:03d}{suffix}"
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"slice_{z:03d}.dcm"), {}, file_meta=meta,
-                         preamble=b"\0" * 128)
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        if image_type is not None:
+            ds.ImageType = list(image_type)
         ds.Modality = modality
-        ds.PatientID = "phantom"
+        if description is not None:
+            ds.SeriesDescription = description
+        ds.PatientID = patient_id
+        if series_number is not None:
+            ds.SeriesNumber = series_number
         ds.InstanceNumber = z + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(z * spacing[2])]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin, float) + z * step]
+        ds.ImageOrientationPatient = list(orientation)
         ds.PixelSpacing = [spacing[1], spacing[0]]
         ds.SliceThickness = spacing[2]
         ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
@@ -71,7 +103,32 @@ def write_dicom_series(folder: Path, volume: np.ndarray, spacing=(2.0, 2.0, 4.0)
             ds.RescaleIntercept, ds.RescaleSlope = -1024.0, 1.0
             stored = stored + 1024
         ds.PixelData = stored.astype(np.int16).tobytes()
-        ds.save_as(folder / f"slice_{z:03d}.dcm", enforce_file_format=True)
+        if transfer_syntax is not None:
+            try:
+                encodable = get_encoder(transfer_syntax).is_available
+            except NotImplementedError:
+                encodable = False
+            if encodable:
+                ds.compress(transfer_syntax, generate_instance_uid=False)
+            else:
+                ds.PixelData = encapsulate([b"\xff\x0a" + bytes(16)])
+                ds["PixelData"].VR = "OB"
+                ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+        if transfer_syntax is not None and not UID(transfer_syntax).is_transfer_syntax:
+            # a syntax this pydicom does not know cannot be written: write the file as an
+            # encapsulated syntax of the same length, then put the wanted UID in its place
+            stand_in = MPEG2MPML
+            assert len(stand_in) == len(transfer_syntax), transfer_syntax
+            ds.file_meta.TransferSyntaxUID = stand_in
+            ds.save_as(path, enforce_file_format=True)
+            path.write_bytes(path.read_bytes().replace(stand_in.encode(),
+                                                       transfer_syntax.encode(), 1))
+        elif preamble:
+            ds.save_as(path, enforce_file_format=True)
+        else:
+            ds.preamble = None
+            del ds.file_meta
+            ds.save_as(path, implicit_vr=False, little_endian=True)
     return folder
 
 

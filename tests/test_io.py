@@ -76,3 +76,35 @@ def test_non_finite_voxels_are_refused(tmp_path, block_volume):
     write_nifti(tmp_path / "nan.nii.gz", volume, dtype=np.float32)
     with pytest.raises(InputError, match="NaN or infinite"):
         load_subject(find_scans(tmp_path)[0])
+
+
+def test_every_layout_in_one_data_folder(tmp_path, block_volume):
+    import h5py
+
+    from sparsect.data.datasets import hu_to_lodopab
+
+    write_nifti(tmp_path / "a.nii.gz", block_volume)
+    write_dicom_series(tmp_path / "b" / "study" / "series", block_volume, suffix="")
+    (tmp_path / "c" / "segmentations").mkdir(parents=True)
+    write_nifti(tmp_path / "c" / "ct.nii.gz", block_volume)
+    write_nifti(tmp_path / "c" / "segmentations" / "liver.nii.gz",
+                (block_volume > 0).astype(np.uint8), dtype=np.uint8)
+    with h5py.File(tmp_path / "ground_truth_validation_003.hdf5", "w") as file:
+        file["data"] = hu_to_lodopab(np.transpose(block_volume, (2, 0, 1)))
+    (tmp_path / "notes.txt").write_text("not a scan")
+    entries = find_scans(tmp_path)
+    assert [e.subject for e in entries] == ["a", "b", "c", "ground_truth_validation_003"]
+    assert [e.labels is not None for e in entries] == [False, False, True, False]
+    for entry in entries:
+        subject = load_subject(entry)
+        assert subject["ct"].spatial_shape == block_volume.shape, entry
+        assert np.isclose(np.median(subject["ct"].data.numpy()), -1000, atol=1), entry
+
+
+def test_a_label_map_beside_a_subject_folder_that_has_one_is_refused(tmp_path, block_volume):
+    (tmp_path / "c").mkdir()
+    write_nifti(tmp_path / "c" / "ct.nii.gz", block_volume)
+    write_nifti(tmp_path / "c" / "seg.nii.gz", np.zeros(block_volume.shape), dtype=np.uint8)
+    write_nifti(tmp_path / "c_seg.nii.gz", np.zeros(block_volume.shape), dtype=np.uint8)
+    with pytest.raises(InputError, match=r"are two label maps of subject 'c'"):
+        find_scans(tmp_path)

@@ -131,7 +131,7 @@ def _reconstruct(args: argparse.Namespace) -> object:
     from sparsect.inference import reconstruct_files
 
     return reconstruct_files(_cfg(args), args.input, args.output, args.model, args.method,
-                             args.views, args.save_reference)
+                             args.views, args.save_reference, args.series)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,8 +217,8 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
         description="Reconstruct a CT scan or sinogram with a trained model or a classical "
         f"method. {RESEARCH_NOTICE}",
     )
-    p.add_argument("input", type=Path, help="CT volume/slice, DICOM series, sinogram .npy, "
-                                            "or a folder of them")
+    p.add_argument("input", type=Path, help="CT volume/slice, DICOM file or folder (any depth), "
+                                            "sinogram .npy, or a folder of them")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output .nii.gz (a folder when INPUT is a folder)")
     p.add_argument("--views", type=int, default=None)
@@ -228,6 +228,9 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="model", choices=["model", "fbp", "sirt"])
     p.add_argument("--save-reference", action="store_true",
                    help="also write the input on the model grid as <output stem>_reference")
+    p.add_argument("--series", default=None, metavar="UID-or-NUMBER",
+                   help="the DICOM series to reconstruct when the input folder holds several "
+                        "(its SeriesInstanceUID or SeriesNumber)")
 
 
 def _close_progress_bars() -> None:

@@ -1,9 +1,12 @@
 """Reading CT scans and label maps through TorchIO.
 
 Supported inputs: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``), MetaImage
-(``.mha``, ``.mhd``) and DICOM series (a folder of ``.dcm`` files). A label map
-for ``<stem>.<ext>`` is looked up as ``<stem>_seg.<ext>`` (any supported
-extension), and label maps themselves are never treated as scans.
+(``.mha``, ``.mhd``), DICOM series (see :mod:`sparsect.data.dicom`: recognised by
+content, in nested folders, several series per folder) and the layouts of
+:mod:`sparsect.data.datasets` (LoDoPaB-CT ground-truth HDF5 files, TotalSegmentator
+subject folders). A label map for ``<stem>.<ext>`` is looked up as
+``<stem>_seg.<ext>`` (any supported extension), and label maps themselves are never
+treated as scans.
 
 Volumes are brought to canonical RAS+ orientation. An axial slice is then
 indexed ``[x, y]``; :func:`axial_slices` turns it into the radiological display
@@ -18,8 +21,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 import torchio as tio
 
+from sparsect.data import datasets, dicom
 from sparsect.errors import InputError
 
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -35,24 +40,89 @@ def _strip_suffix(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def _is_dicom_series(path: Path) -> bool:
-    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+def is_dicom_input(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file, or a folder holding DICOM files at any depth."""
+    path = Path(path)
+    return dicom.holds_dicom(path) if path.is_dir() else dicom.is_dicom_file(path)
 
 
 @dataclass(frozen=True)
 class ScanEntry:
-    """One scan found in the data folder, with its optional label map."""
+    """One scan found in the data folder, with its optional label map.
+
+    ``scan`` is a file, or a folder of DICOM files; ``series`` picks one series of such
+    a folder (its UID, series number or key, see :func:`sparsect.data.dicom.select_series`)
+    when it holds several. ``labels`` is a label map, or a folder of TotalSegmentator
+    binary masks combined on reading.
+    """
 
     subject: str
     scan: Path
     labels: Path | None
+    series: str | None = None
+    patient: str | None = None
+    """Scans of one patient share it and stay in one split (None: the subject alone)."""
+
+
+def _dicom_entries(folder: Path) -> list[ScanEntry]:
+    """The scans of a folder of DICOM files (at any depth): one named after the folder
+    when it holds one series, else ``<folder>_<series name>`` per series."""
+    series = dicom.image_series(folder)
+    if len(series) <= 1:
+        return [ScanEntry(folder.name, folder, None, patient=_patient(series[0], folder))
+                ] if series else []
+    return [ScanEntry(f"{folder.name}_{name}", folder, None, series=s.key,
+                      patient=_patient(s, folder))
+            for s, name in zip(series, dicom.series_names(series), strict=True)]
+
+
+def _patient(series: dicom.Series, folder: Path) -> str:
+    """The series' PatientID, else its top folder: series of one patient (a full- and a
+    quarter-dose scan, two phases) must not end up in two splits."""
+    patient_id = str(series.headers[0].get("PatientID", "") or "").strip()
+    return f"patient:{patient_id}" if patient_id else f"folder:{folder.name}"
+
+
+def _lodopab_entry(path: Path) -> ScanEntry:
+    """A LoDoPaB file; its part (train, validation, test) is its patient group: the
+    parts are patient-disjoint, the files of one part are not."""
+    part = datasets.LODOPAB_NAME.fullmatch(path.name).group(1)
+    return ScanEntry(path.name.removesuffix(".hdf5"), path, None, patient=f"lodopab:{part}")
+
+
+def _folder_entries(folder: Path) -> list[tuple[ScanEntry, bool]]:
+    """The scans of a sub-folder of the data folder, each with whether it is a label map:
+    a TotalSegmentator subject, LoDoPaB files, or DICOM series (at any depth)."""
+    layout = datasets.totalsegmentator_layout(folder, SCAN_SUFFIXES)
+    if layout is not None:
+        return [(ScanEntry(folder.name, layout[0], layout[1]), False)]
+    lodopab = sorted(p for p in folder.iterdir() if datasets.is_lodopab_file(p))
+    if lodopab:
+        return [(_lodopab_entry(p), False) for p in lodopab]
+    return [(entry, False) for entry in _dicom_entries(folder)]
 
 
 def find_scans(data_dir: Path) -> list[ScanEntry]:
     """Lists the scans in ``data_dir`` (sorted by subject name).
 
+    Each entry of ``data_dir`` gives scans:
+
+    - ``<stem>.<ext>`` (NIfTI, NRRD, MHA) is subject ``<stem>``, with the label map
+      ``<stem>_seg.<ext>`` if there is one;
+    - ``ground_truth_<part>_<nnn>.hdf5`` (LoDoPaB-CT) is subject ``ground_truth_<part>_<nnn>``;
+    - a TotalSegmentator subject folder ``<subject>/ct.nii.gz`` is subject ``<subject>``,
+      labelled by ``<subject>/seg.nii.gz`` or ``segmentations.nii.gz`` if present, else by
+      its ``segmentations/<structure>.nii.gz`` masks;
+    - a folder of LoDoPaB files gives one subject per file;
+    - a folder of DICOM files, at any depth (patient/study/series), is subject
+      ``<folder>`` when it holds one series, else ``<folder>_<series>`` per series, the
+      series named by its SeriesNumber (or the end of its UID when numbers are missing or
+      shared). Localizers, and series of another modality beside CT series, are skipped
+      with a note.
+
     Raises:
-        InputError: if the folder is missing or holds no supported scan.
+        InputError: if the folder is missing or holds no supported scan, or two scans
+            claim one subject name.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -60,34 +130,51 @@ def find_scans(data_dir: Path) -> list[ScanEntry]:
             f"Data folder '{data_dir}' does not exist: create it and put scans in it, "
             "or run `sparsect make-data` to write the built-in phantoms."
         )
-    files: dict[str, Path] = {}
-    label_files: dict[str, Path] = {}
+    found: list[tuple[ScanEntry, bool]] = []
     for path in sorted(data_dir.iterdir()):
         if path.name.startswith("."):
             continue
-        if _is_dicom_series(path):
-            stem = path.name
-        else:
-            parsed = _strip_suffix(path)
-            if parsed is None or not path.is_file():
-                continue
-            stem, _ = parsed
-        is_label = stem.endswith(LABEL_SUFFIX)
-        found = label_files if is_label else files
-        if is_label:
-            stem = stem[: -len(LABEL_SUFFIX)]
-        if stem in found:
+        if path.is_dir():
+            found += _folder_entries(path)
+        elif datasets.is_lodopab_file(path):
+            found.append((_lodopab_entry(path), False))
+        elif (parsed := _strip_suffix(path)) is not None and path.is_file():
+            stem = parsed[0]
+            is_label = stem.endswith(LABEL_SUFFIX)
+            found.append((ScanEntry(stem[: -len(LABEL_SUFFIX)] if is_label else stem, path,
+                                    None), is_label))
+    files: dict[str, ScanEntry] = {}
+    label_files: dict[str, Path] = {}
+    for entry, is_label in found:
+        stem = entry.subject
+        taken = label_files.get(stem) if is_label else files.get(stem)
+        if taken is not None:
+            other = taken if is_label else taken.scan
             raise InputError(
-                f"'{found[stem]}' and '{path}' are two {'label maps' if is_label else 'scans'} "
+                f"'{other}' and '{entry.scan}' are two {'label maps' if is_label else 'scans'} "
                 f"of subject '{stem}': keep one of them or rename the other."
             )
-        found[stem] = path
+        if is_label:
+            label_files[stem] = entry.scan
+        else:
+            files[stem] = entry
     if not files:
         raise InputError(
             f"Data folder '{data_dir}' holds no CT scan (NIfTI, NRRD, MHA or DICOM series): "
             "add scans, or run `sparsect make-data` to write the built-in phantoms."
         )
-    return [ScanEntry(stem, files[stem], label_files.get(stem)) for stem in sorted(files)]
+    entries = []
+    for stem in sorted(files):
+        entry = files[stem]
+        if stem in label_files:
+            if entry.labels is not None:
+                raise InputError(
+                    f"'{entry.labels}' and '{label_files[stem]}' are two label maps of subject "
+                    f"'{stem}': keep one of them or rename the other."
+                )
+            entry = ScanEntry(stem, entry.scan, label_files[stem], entry.series, entry.patient)
+        entries.append(entry)
+    return entries
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -114,86 +201,38 @@ def _image(cls: type[tio.Image], path: Path) -> tio.Image:
     return cls(path)
 
 
-def _dicom_headers(path: Path) -> list[tuple[Path, object]]:
-    import pydicom
-
-    files = [path] if path.is_file() else sorted(
-        p for p in path.iterdir() if p.suffix.lower() == ".dcm" and not p.name.startswith("."))
-    headers = []
-    for file in files:
-        try:
-            headers.append((file, pydicom.dcmread(file, stop_before_pixels=True)))
-        except Exception as error:  # noqa: BLE001 - any parse failure is the file's fault
-            raise InputError(
-                f"Cannot read DICOM file '{file}' ({type(error).__name__}): replace it with a "
-                "complete file or remove it from the series."
-            ) from None
-    return headers
-
-
-def check_dicom_series(path: Path) -> None:
-    """Checks a DICOM file or series folder before it is read as one CT volume.
-
-    ITK reads whatever it is given: an MR series as if its values were HU, stored
-    values without rescale tags as HU, and a series with a missing slice as a
-    volume whose z spacing is silently wrong. Each of those is refused here.
+def check_dicom_series(path: Path, series: str | None = None) -> None:
+    """Checks a DICOM file or series folder (``series`` of it, when it holds several)
+    before it is read as one CT volume, without decoding its pixels.
 
     Raises:
-        InputError: for another modality, missing rescale tags, several series in
-            one folder, or duplicated, missing or unevenly spaced slices.
+        InputError: as :func:`sparsect.data.dicom.check_series` and
+            :func:`sparsect.data.dicom.check_decodable`: another modality, missing rescale
+            tags, duplicated, missing or unevenly spaced slices, non-axial or tilted
+            slices, or a transfer syntax no installed decoder reads.
     """
-    headers = _dicom_headers(Path(path))
-    modalities = sorted({str(ds.get("Modality", "") or "none") for _, ds in headers})
-    if modalities != ["CT"]:
-        raise InputError(
-            f"DICOM series '{path}' has modality {'/'.join(modalities)}, but sparsect simulates "
-            "X-ray acquisitions from CT values in HU: give it a CT series."
-        )
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
-    if len(series) > 1:
-        raise InputError(
-            f"DICOM folder '{path}' mixes {len(series)} series: put each series in its own "
-            "folder."
-        )
-    unscaled = [f.name for f, ds in headers
-                if "RescaleSlope" not in ds or "RescaleIntercept" not in ds]
-    if unscaled:
-        raise InputError(
-            f"DICOM series '{path}' has no RescaleSlope/RescaleIntercept tags (e.g. in "
-            f"'{unscaled[0]}'), so its stored values cannot be converted to HU: add the tags "
-            "or convert the series to NIfTI in HU."
-        )
-    if len(headers) < 2:
-        return
-    try:
-        orientation = np.asarray([float(v) for v in headers[0][1].ImageOrientationPatient])
-        normal = np.cross(orientation[:3], orientation[3:])
-        positions = np.asarray([np.dot(normal, [float(v) for v in ds.ImagePositionPatient])
-                                for _, ds in headers])
-    except (AttributeError, ValueError, TypeError):
-        raise InputError(
-            f"DICOM series '{path}' lacks ImagePositionPatient/ImageOrientationPatient, so its "
-            "slices cannot be ordered: export the series with its geometry tags."
-        ) from None
-    order = np.argsort(positions, kind="stable")
-    names = [headers[i][0].name for i in order]
-    gaps = np.diff(positions[order])
-    tolerance = 1e-3  # mm
-    if (gaps < tolerance).any():
-        i = int(np.argmax(gaps < tolerance))
-        raise InputError(
-            f"DICOM series '{path}' has duplicated slices ('{names[i]}' and '{names[i + 1]}' "
-            f"lie at the same position {positions[order][i]:.2f} mm): remove the duplicates."
-        )
-    spacing = float(np.median(gaps))
-    if (np.abs(gaps - spacing) > 0.1 * spacing + tolerance).any():
-        i = int(np.argmax(np.abs(gaps - spacing)))
-        what = "is missing slices" if gaps[i] > 1.5 * spacing else "is unevenly spaced"
-        raise InputError(
-            f"DICOM series '{path}' {what} (a {gaps[i]:.2f} mm step between '{names[i]}' and "
-            f"'{names[i + 1]}' where the series spacing is {spacing:.2f} mm): export the complete, "
-            "evenly spaced series."
-        )
+    chosen, where = dicom.select_series(Path(path), series)
+    dicom.check_series(chosen, where)
+    dicom.check_decodable(chosen, where)
+
+
+def _array_scan(entry: ScanEntry) -> tio.ScalarImage | None:
+    """A DICOM or LoDoPaB scan, read here (these readers explain their own failures);
+    ``None`` for a file that TorchIO reads."""
+    if entry.scan.is_dir() or dicom.is_dicom_file(entry.scan):
+        volume, affine = dicom.read_series(entry.scan, entry.series)
+    elif datasets.is_lodopab_file(entry.scan):
+        volume, affine = datasets.read_lodopab(entry.scan)
+    else:
+        return None
+    return tio.ScalarImage(tensor=torch.from_numpy(volume[None]), affine=affine)
+
+
+def _label_image(path: Path) -> tio.LabelMap:
+    if path.is_dir():
+        labels, affine = datasets.combine_masks(path)
+        return tio.LabelMap(tensor=torch.from_numpy(labels[None]), affine=affine)
+    return _image(tio.LabelMap, path)
 
 
 def load_subject(entry: ScanEntry) -> tio.Subject:
@@ -203,10 +242,9 @@ def load_subject(entry: ScanEntry) -> tio.Subject:
         InputError: if a file cannot be read or is not a 3D volume.
     """
     images: dict[str, tio.Image] = {}
-    if entry.scan.is_dir() or entry.scan.suffix.lower() == ".dcm":
-        check_dicom_series(entry.scan)
+    scan = _array_scan(entry)
     try:
-        images["ct"] = _image(tio.ScalarImage, entry.scan)
+        images["ct"] = scan if scan is not None else _image(tio.ScalarImage, entry.scan)
         images["ct"].load()
     except InputError:
         raise
@@ -217,7 +255,7 @@ def load_subject(entry: ScanEntry) -> tio.Subject:
         ) from None
     if entry.labels is not None:
         try:
-            images["labels"] = _image(tio.LabelMap, entry.labels)
+            images["labels"] = _label_image(entry.labels)
             images["labels"].load()
         except InputError:
             raise

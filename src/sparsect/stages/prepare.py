@@ -25,7 +25,8 @@ def prepare(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
     data_cfg = cfg.data
     scans = find_scans(Path(data_dir))
     assignment = split_subjects([s.subject for s in scans], dict(data_cfg.split),
-                                int(data_cfg.split.seed))
+                                int(data_cfg.split.seed),
+                                {s.subject: s.patient for s in scans if s.patient})
     by_subject = {s.subject: s for s in scans}
     manifest: dict = {"image_size": int(data_cfg.image_size),
                       "pixel_size_mm": float(data_cfg.pixel_size_mm),
@@ -50,6 +51,8 @@ def prepare(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
                     "split": split, "scan": str(entry.scan), "slices": int(hu.shape[0]),
                     "labels": entry.labels is not None,
                     "z_spacing_mm": float(subject["ct"].spacing[2]),
+                    **({"series": entry.series} if entry.series else {}),
+                    **({"patient": entry.patient} if entry.patient else {}),
                 }
                 progress.update()
             folder = tmp / split
