@@ -147,6 +147,78 @@ def corrupt_dicom_file(root):
     return prepare(root)
 
 
+def two_dicom_series(root: Path) -> Path:
+    """``root/patient``: series 2 and 3 in one folder, files named as archives do."""
+    for number in (2, 3):
+        write_dicom_series(root / "patient", volume(), suffix="", prefix=f"CT.{number}.",
+                           series_number=number, description="Body")
+    return root / "patient"
+
+
+def several_series_without_choice(root):
+    return reconstruct(root, two_dicom_series(root), "--model", str(checkpoint(root / "m.ckpt")))
+
+
+def series_not_in_the_folder(root):
+    return reconstruct(root, two_dicom_series(root), "--model", str(checkpoint(root / "m.ckpt")),
+                       "--series", "9")
+
+
+def series_option_for_a_nifti(root):
+    write_nifti(root / "scan.nii.gz", volume())
+    return reconstruct(root, root / "scan.nii.gz", "--model", str(checkpoint(root / "m.ckpt")),
+                       "--series", "3")
+
+
+def only_a_localizer(root):
+    write_dicom_series(root / "scout", volume()[:, :, :1], suffix="",
+                       image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    return reconstruct(root, root / "scout", "--model", str(checkpoint(root / "m.ckpt")))
+
+
+def undecodable_transfer_syntax(root):
+    write_dicom_series(good_data(root) / "bad", volume(), suffix="",
+                       transfer_syntax="1.2.840.10008.1.2.4.110")  # JPEG XL Lossless
+    return prepare(root)
+
+
+def truncated_dicom_without_suffix(root):
+    series = write_dicom_series(good_data(root) / "bad", volume(), suffix="", prefix="CT.1.3.")
+    (series / "CT.1.3.004").write_bytes((series / "CT.1.3.004").read_bytes()[:400])
+    return prepare(root)
+
+
+def tilted_series(root):
+    tilt = np.radians(15)
+    write_dicom_series(good_data(root) / "bad", volume(), step=(0, 0, 4.0),
+                       orientation=(1, 0, 0, 0, np.cos(tilt), -np.sin(tilt)))
+    return prepare(root)
+
+
+def sagittal_series(root):
+    write_dicom_series(good_data(root) / "bad", volume(), orientation=(0, 1, 0, 0, 0, -1))
+    return prepare(root)
+
+
+def unknown_totalsegmentator_structure(root):
+    subject = good_data(root) / "s0001"
+    (subject / "segmentations").mkdir(parents=True)
+    write_nifti(subject / "ct.nii.gz", volume())
+    write_nifti(subject / "segmentations" / "liver.nii.gz", np.zeros((40, 32, 6)),
+                dtype=np.uint8)
+    write_nifti(subject / "segmentations" / "livr.nii.gz", np.zeros((40, 32, 6)),
+                dtype=np.uint8)
+    return prepare(root)
+
+
+def lodopab_file_without_data(root):
+    import h5py
+
+    with h5py.File(good_data(root) / "ground_truth_train_000.hdf5", "w") as file:
+        file["images"] = np.zeros((4, 36, 36), np.float32)
+    return prepare(root)
+
+
 def label_map_of_another_shape(root):
     data = good_data(root)
     write_nifti(data / "good0_seg.nii.gz", np.zeros((20, 20, 6)), dtype=np.uint8)
@@ -230,6 +302,22 @@ def sinogram_of_another_geometry(root):
     return reconstruct(root, root / "scan.npy", "--model", str(checkpoint(root / "m.ckpt")))
 
 
+def counts_with_zeros(root):
+    counts = np.full((2, GEOMETRY.views, GEOMETRY.detector_count), 5e4)
+    counts[1, 3, 4] = 0.0
+    np.save(root / "scan.npy", counts)
+    (root / "scan.json").write_text(json.dumps(
+        {"geometry": GEOMETRY.to_dict(), "values": "counts", "flat_field": 1e5}))
+    return reconstruct(root, root / "scan.npy", "--model", str(checkpoint(root / "m.ckpt")))
+
+
+def counts_without_flat_field(root):
+    np.save(root / "scan.npy", np.full((2, GEOMETRY.views, GEOMETRY.detector_count), 5e4))
+    (root / "scan.json").write_text(json.dumps({"geometry": GEOMETRY.to_dict(),
+                                                "values": "counts"}))
+    return reconstruct(root, root / "scan.npy", "--model", str(checkpoint(root / "m.ckpt")))
+
+
 def missing_checkpoint(root):
     write_nifti(root / "scan.nii.gz", volume())
     return reconstruct(root, root / "scan.nii.gz", "--model", str(root / "missing.ckpt"))
@@ -302,6 +390,33 @@ CASES = {
     "DICOM duplicated slice": Case(series_with_a_duplicated_slice,
                                    r"bad' has duplicated slices \('slice_002", "remove the dup"),
     "corrupt DICOM file": Case(corrupt_dicom_file, r"slice_004\.dcm'", "replace it"),
+    "several DICOM series": Case(several_series_without_choice,
+                                 r"patient' holds 2 series \(#2 'Body' \(6 slices, UID [0-9.]+\); "
+                                 r"#3 'Body'", "choose one with --series UID-or-number"),
+    "DICOM series not in the folder": Case(series_not_in_the_folder,
+                                           r"patient' holds no series '9' \(it holds #2",
+                                           "give one of these UIDs or numbers to --series"),
+    "--series for a NIfTI": Case(series_option_for_a_nifti,
+                                 r"--series 3 picks a DICOM series, but '.*scan\.nii\.gz'",
+                                 "drop --series"),
+    "only a localizer": Case(only_a_localizer, r"scout' holds no CT image",
+                             "give a folder with an axial CT series"),
+    "undecodable transfer syntax": Case(undecodable_transfer_syntax,
+                                        r"bad' is stored as JPEG XL Lossless "
+                                        r"\(1\.2\.840\.10008\.1\.2\.4\.110\)",
+                                        "convert the series to an uncompressed"),
+    "truncated DICOM without suffix": Case(truncated_dicom_without_suffix, r"CT\.1\.3\.004'",
+                                           "replace it"),
+    "gantry tilt": Case(tilted_series, r"bad' was acquired with a gantry tilt of 15\.0 degrees",
+                        "resample it onto an untilted axial grid"),
+    "sagittal DICOM series": Case(sagittal_series, r"bad' holds sagittal slices",
+                                  "reformat the series to axial"),
+    "unknown TotalSegmentator structure": Case(unknown_totalsegmentator_structure,
+                                               r"livr\.nii\.gz' names structure 'livr'",
+                                               "rename it to the class name"),
+    "LoDoPaB file without data": Case(lodopab_file_without_data,
+                                      r"ground_truth_train_000\.hdf5' has no 3D dataset 'data'",
+                                      "as downloaded"),
     "label map of another shape": Case(label_map_of_another_shape, r"good0_seg\.nii\.gz' has "
                                        r"shape \(20, 20, 6\)", "on the scan's grid"),
     "two scans of one subject": Case(two_scans_one_subject, r"good1\.nii\.gz' and '.*good1\.nrrd",
@@ -338,6 +453,10 @@ CASES = {
     "sinogram of another geometry": Case(sinogram_of_another_geometry,
                                          r"scan\.npy' was measured with geometry",
                                          "use a model trained for it"),
+    "counts with zeros": Case(counts_with_zeros, r"scan\.npy' has 1 zero or negative counts",
+                              "replace photon-starved bins"),
+    "counts without flat field": Case(counts_without_flat_field, r"holds raw counts but",
+                                      "add I0"),
     "missing checkpoint": Case(missing_checkpoint, r"missing\.ckpt' does not exist",
                                "train a model or fix the path"),
     "foreign checkpoint": Case(foreign_checkpoint, r"foreign\.ckpt' is not a sparsect",

@@ -1,13 +1,18 @@
 """``sparsect reconstruct``: apply a trained model (or a classical method) to new data.
 
 Inputs:
-- a CT volume or slice (NIfTI, NRRD, MHA, a DICOM file or series folder): it is
+- a CT volume or slice (NIfTI, NRRD, MHA, a LoDoPaB-CT ground-truth HDF5 file, a DICOM
+  file of any name, or a folder of DICOM files at any depth, as archives ship them; a
+  folder holding several series needs ``series``, a UID or series number): it is
   brought to the model's grid, the sparse-view acquisition is simulated with the
   model's recorded geometry and noise, and the result is reconstructed;
 - a measured sinogram ``<name>.npy`` (``(views, detectors)`` or
-  ``(slices, views, detectors)`` line integrals) with ``<name>.json`` holding its
-  geometry (as ``Geometry.to_dict``); a geometry other than the model's is refused;
-- a folder of such inputs, processed one by one with a progress bar.
+  ``(slices, views, detectors)``) with ``<name>.json`` beside it: its geometry (as
+  ``Geometry.to_dict``) for line integrals, or ``{"geometry": {...}, "values":
+  "counts", "flat_field": I0 or "flat.npy", "dark_field": ...}`` for raw detector
+  counts, whose log is taken here; a geometry other than the model's is refused;
+- a folder of such inputs (files, and sub-folders of DICOM files), processed one by
+  one with a progress bar.
 
 Outputs are NIfTI in HU. For a volume the affine is the one of the resampled
 input grid, so the reconstruction overlays the original scan in any viewer.
@@ -23,10 +28,13 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from sparsect.data.datasets import is_lodopab_file
+from sparsect.data.dicom import is_dicom_file
 from sparsect.data.io import (
     SCAN_SUFFIXES,
     ScanEntry,
     axial_slices,
+    is_dicom_input,
     load_subject,
     standardise,
     volume_from_slices,
@@ -35,26 +43,51 @@ from sparsect.data.store import atomic_write_bytes
 from sparsect.errors import InputError
 from sparsect.models.predict import predict
 from sparsect.notice import nifti_description
-from sparsect.physics import Geometry, NoiseModel, Projector, Simulator, mu_to_hu, reconstruct
+from sparsect.physics import (
+    Geometry,
+    NoiseModel,
+    Projector,
+    Simulator,
+    line_integrals_from_counts,
+    mu_to_hu,
+    reconstruct,
+)
 
 METHODS = ("model", "fbp", "sirt")
 
 
+def _is_file_input(path: Path) -> bool:
+    """A scan or sinogram file (not a DICOM file, which belongs to its folder's series)."""
+    return path.is_file() and (path.name.endswith(SCAN_SUFFIXES) or path.suffix == ".npy"
+                               or is_lodopab_file(path))
+
+
 def _is_volume(path: Path) -> bool:
-    return path.name.endswith(SCAN_SUFFIXES) or path.suffix.lower() == ".dcm" or (
-        path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir()))
+    """Whether ``path`` is one volume: a scan file, a DICOM file, or a DICOM folder (a
+    folder that directly holds DICOM files, or holds no other input and DICOM files at
+    some depth)."""
+    path = Path(path)
+    if path.is_file():
+        return (_is_file_input(path) and path.suffix != ".npy") or is_dicom_file(path)
+    if not path.is_dir():
+        return False
+    children = [p for p in path.iterdir() if not p.name.startswith(".")]
+    if any(is_dicom_file(p) for p in children):
+        return True
+    return not any(_is_file_input(p) for p in children) and is_dicom_input(path)
 
 
 def list_inputs(path: Path) -> list[Path]:
-    """One input, or every input inside a folder that is not itself a DICOM series."""
+    """One input, or every input inside a folder that is not itself a DICOM folder: its
+    scan and sinogram files, and its sub-folders of DICOM files."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"Input '{path}' does not exist: give a CT volume, slice, DICOM series "
                          "or sinogram .npy.")
     if path.is_file() or _is_volume(path):
         return [path]
-    inputs = sorted(p for p in path.iterdir()
-                    if (p.suffix == ".npy" or _is_volume(p)) and not p.name.startswith("."))
+    inputs = sorted(p for p in path.iterdir() if not p.name.startswith(".") and (
+        _is_file_input(p) or (p.is_dir() and is_dicom_input(p))))
     if not inputs:
         raise InputError(f"Folder '{path}' holds no CT volume or sinogram: add inputs.")
     return inputs
@@ -136,15 +169,45 @@ class Reconstructor:
             return np.stack([simulator(hu, seed + i)[0] for i, hu in enumerate(hu_slices)])
 
 
-def _read_sinogram(path: Path, geometry: Geometry) -> np.ndarray:
+def _sidecar(path: Path) -> tuple[Geometry, dict]:
+    """``<name>.json`` beside sinogram ``path``: its geometry (``Geometry.to_dict()``), or
+    ``{"geometry": {...}, "values": "counts", "flat_field": I0 | "flat.npy",
+    "dark_field": ... }`` for raw counts."""
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
         raise InputError(f"Sinogram '{path}' has no geometry file '{sidecar.name}' beside it: "
                          "write its Geometry.to_dict() there.")
     try:
-        measured = Geometry.from_dict(json.loads(sidecar.read_text()))
-    except (ValueError, TypeError, json.JSONDecodeError) as error:
+        content = json.loads(sidecar.read_text())
+        measurement = content if "geometry" in content else {"geometry": content}
+        geometry = Geometry.from_dict(measurement["geometry"])
+    except (ValueError, TypeError, AttributeError, json.JSONDecodeError) as error:
         raise InputError(f"Geometry file '{sidecar}' is invalid ({error}): fix it.") from None
+    values = measurement.get("values", "line_integrals")
+    if values not in ("line_integrals", "counts"):
+        raise InputError(f"Geometry file '{sidecar}' says values '{values}': write "
+                         "\"line_integrals\" or \"counts\" (with a flat_field).")
+    if values == "counts" and "flat_field" not in measurement:
+        raise InputError(f"Sinogram '{path}' holds raw counts but '{sidecar.name}' gives no "
+                         "flat_field: add I0 (a number, or a .npy of the counts without object).")
+    return geometry, measurement
+
+
+def _field(value: float | str, path: Path) -> float | np.ndarray:
+    """A flat or dark field: a number, or a ``.npy`` file named relative to the sinogram."""
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return np.load(path.parent / str(value), allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise InputError(f"Cannot read field '{value}' of sinogram '{path}' ({error}): give a "
+                         "number or a .npy file beside the sinogram.") from None
+
+
+def _read_sinogram(path: Path, geometry: Geometry) -> np.ndarray:
+    """Line integrals ``(slices, views, detectors)`` of sinogram ``path`` (taking the log of
+    raw counts with their flat field when its sidecar says so)."""
+    measured, measurement = _sidecar(path)
     if measured != geometry:
         raise InputError(f"Sinogram '{path}' was measured with geometry {measured.to_dict()} but "
                          f"the model expects {geometry.to_dict()}: use a model trained for it.")
@@ -158,12 +221,17 @@ def _read_sinogram(path: Path, geometry: Geometry) -> np.ndarray:
     if sinograms.ndim != 3 or sinograms.shape[1:] != expected:
         raise InputError(f"Sinogram '{path}' has shape {sinograms.shape} but the geometry needs "
                          f"(slices, {expected[0]}, {expected[1]}): check views and detectors.")
+    if measurement.get("values") == "counts":
+        return line_integrals_from_counts(
+            sinograms, _field(measurement["flat_field"], path), path.name,
+            _field(measurement.get("dark_field", 0.0), path))
     return sinograms
 
 
 def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
-                      save_reference: bool = False) -> Path:
-    """Reconstructs one input into ``output`` (NIfTI, HU)."""
+                      save_reference: bool = False, series: str | None = None) -> Path:
+    """Reconstructs one input into ``output`` (NIfTI, HU); ``series`` (a UID or series
+    number) picks the series of a DICOM folder that holds several."""
     geometry = recon.geometry
     if item.suffix == ".npy":
         volume = recon.from_sinograms(_read_sinogram(item, geometry))
@@ -171,8 +239,9 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
         affine = np.diag([px, px, 1.0, 1.0])
         _save_nifti(output, volume_from_slices(volume), affine)
         return output
-    subject = standardise(load_subject(ScanEntry(item.name, item, None)), geometry.image_size,
-                          geometry.pixel_size_mm, recon.hu_clip)
+    entry = ScanEntry(item.name, item, None, series=series if is_dicom_input(item) else None)
+    subject = standardise(load_subject(entry), geometry.image_size, geometry.pixel_size_mm,
+                          recon.hu_clip)
     reference = axial_slices(subject["ct"].data[0].numpy()).astype(np.float32)
     volume = recon.from_sinograms(recon.simulate(reference))
     affine = subject["ct"].affine
@@ -185,10 +254,13 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
 
 
 def run(input_path: Path, output: Path, module, method: str = "model", views: int | None = None,
-        save_reference: bool = False, device: str = "auto", sirt_iterations: int = 100
-        ) -> list[Path]:
+        save_reference: bool = False, device: str = "auto", sirt_iterations: int = 100,
+        series: str | None = None) -> list[Path]:
     recon = Reconstructor(module, method, views, device=device, sirt_iterations=sirt_iterations)
     inputs = list_inputs(input_path)
+    if series is not None and not any(is_dicom_input(item) for item in inputs):
+        raise InputError(f"--series {series} picks a DICOM series, but '{input_path}' holds no "
+                         "DICOM files: drop --series.")
     # outputs are written one by one, atomically; the folder appears with the first one
     many = Path(input_path).is_dir() and not _is_volume(Path(input_path))
     if not many:
@@ -196,17 +268,18 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
     written = []
     for item in tqdm(inputs, unit="input", desc="reconstruct", disable=len(inputs) == 1):
         written.append(reconstruct_input(recon, item, _output_path(output, item, many),
-                                         save_reference))
+                                         save_reference, series))
     return written
 
 
 def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str | None = None,
                       method: str = "model", views: int | None = None,
-                      save_reference: bool = False) -> list[Path]:
+                      save_reference: bool = False, series: str | None = None) -> list[Path]:
     """``sparsect reconstruct``: ``model_uri`` (default: the ``sg_unet`` champion for
-    ``views``) applied to ``input_path``, with the settings of ``cfg``."""
+    ``views``) applied to ``input_path`` (``series``: the DICOM series to take from a
+    folder holding several), with the settings of ``cfg``."""
     from sparsect.registry import champion_uri, resolve_model_uri
 
     uri = model_uri or champion_uri(cfg, views)
     return run(input_path, output, resolve_model_uri(cfg, uri), method, views, save_reference,
-               str(cfg.physics.device), int(cfg.baselines.sirt.iterations))
+               str(cfg.physics.device), int(cfg.baselines.sirt.iterations), series)

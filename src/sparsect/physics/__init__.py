@@ -1,10 +1,12 @@
-"""CT physics: geometry, ASTRA projector, noise, classical reconstruction, simulation.
+"""CT physics: geometry, ASTRA projector, noise, classical reconstruction, simulation,
+and measured counts -> line integrals.
 
 Units: images are ``mu`` in 1/mm inside this package (HU only at its edges, via
 :func:`hu_to_mu` / :func:`mu_to_hu`); sinograms are dimensionless line integrals.
 """
 
 from .geometry import Geometry
+from .measured import line_integrals_from_counts
 from .noise import NoiseModel
 from .projector import Projector
 from .reconstruct import reconstruct
@@ -19,6 +21,7 @@ __all__ = [
     "Projector",
     "Simulator",
     "hu_to_mu",
+    "line_integrals_from_counts",
     "mu_to_hu",
     "reconstruct",
     "simulate_slice",
