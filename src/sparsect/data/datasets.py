@@ -23,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from sparsect.errors import InputError
+from sparsect.errors import InputError, reading
 
 LODOPAB_MU_WATER = 20.0
 """Linear attenuation of water, 1/m."""
@@ -87,23 +87,16 @@ def read_lodopab(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import h5py
 
     path = Path(path)
-    try:
-        with h5py.File(path, "r") as file:
-            if "data" not in file or getattr(file["data"], "ndim", 0) != 3:
-                shape = getattr(file.get("data"), "shape", None)
-                raise InputError(
-                    f"LoDoPaB file '{path}' has no 3D dataset 'data' (found "
-                    f"{'none' if shape is None else tuple(shape)}): give a ground_truth_*.hdf5 "
-                    "file of LoDoPaB-CT as downloaded."
-                )
-            values = np.asarray(file["data"][...], dtype=np.float32)
-    except InputError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any reader failure is the file's fault
-        raise InputError(
-            f"Cannot read LoDoPaB file '{path}' ({type(error).__name__}): check that the file "
-            "is complete."
-        ) from None
+    with reading(f"LoDoPaB file '{path}'", "check that the file is complete"), \
+            h5py.File(path, "r") as file:
+        if "data" not in file or getattr(file["data"], "ndim", 0) != 3:
+            shape = getattr(file.get("data"), "shape", None)
+            raise InputError(
+                f"LoDoPaB file '{path}' has no 3D dataset 'data' (found "
+                f"{'none' if shape is None else tuple(shape)}): give a ground_truth_*.hdf5 "
+                "file of LoDoPaB-CT as downloaded."
+            )
+        values = np.asarray(file["data"][...], dtype=np.float32)
     slices, width, height = values.shape
     pixel = LODOPAB_DOMAIN_MM / width
     affine = np.diag([-pixel, -pixel, LODOPAB_SLICE_MM, 1.0])

@@ -384,7 +384,25 @@ def check_series(series: Series, where: str) -> _Geometry:
             slices of different sizes or orientations, a sagittal or coronal series,
             duplicated, missing or unevenly spaced slices, or a gantry tilt.
     """
-    headers, names = series.headers, [f.name for f in series.files]
+    names = [f.name for f in series.files]
+    _check_values(series, where, names)
+    pixel = _pixel_spacing(series.headers, where)  # (between rows, between columns)
+    row, column, normal, points = _axial_plane(series.headers, where)
+    order, step = _slice_order(points @ normal, names, series.headers, where)
+    if len(order) > 1:
+        step = _untilted_step(points[order[-1]] - points[order[0]], normal, pixel, where)
+        step /= len(order) - 1
+    lps = np.eye(4)
+    lps[:3, 0] = row * pixel[1]
+    lps[:3, 1] = column * pixel[0]
+    lps[:3, 2] = normal * step
+    lps[:3, 3] = points[order[0]]
+    return _Geometry(order, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)
+
+
+def _check_values(series: Series, where: str, names: list[str]) -> None:
+    """CT values that convert to HU, one frame per file."""
+    headers = series.headers
     if series.modality != "CT":
         raise InputError(
             f"DICOM series {where} has modality {series.modality}, but sparsect simulates "
@@ -406,6 +424,10 @@ def check_series(series: Series, where: str) -> _Geometry:
             "sparsect does not read: convert the series to NIfTI (e.g. with dcm2niix) and "
             "give that."
         )
+
+
+def _pixel_spacing(headers: list[Any], where: str) -> np.ndarray:
+    """The one slice size and pixel spacing of the series (rows, columns), in mm."""
     sizes = {(int(ds.Rows), int(ds.Columns)) for ds in headers}
     pixel_spacings = [_floats(ds, "PixelSpacing", 2) for ds in headers]
     spacings = {None if s is None else tuple(np.round(s, 4).tolist()) for s in pixel_spacings}
@@ -419,6 +441,12 @@ def check_series(series: Series, where: str) -> _Geometry:
             f"DICOM series {where} mixes slice sizes or pixel spacings "
             f"({sorted(sizes)}, {sorted(spacings)} mm): export one uniform series."
         )
+    return pixel_spacings[0]
+
+
+def _axial_plane(headers: list[Any], where: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row and column directions, slice normal (LPS) and slice positions of an axial series."""
     orientations = [_floats(ds, "ImageOrientationPatient", 6) for ds in headers]
     positions = [_floats(ds, "ImagePositionPatient", 3) for ds in headers]
     if len(headers) == 1 and (orientations[0] is None or positions[0] is None):
@@ -443,8 +471,13 @@ def check_series(series: Series, where: str) -> _Geometry:
             f"{tuple(np.round(normal, 2).tolist())} in LPS), but sparsect reconstructs axial "
             "slices: reformat the series to axial slices or give the axial series."
         )
-    points = np.stack(positions)
-    along = points @ normal
+    return row, column, normal, np.stack(positions)
+
+
+def _slice_order(along: np.ndarray, names: list[str], headers: list[Any], where: str
+                 ) -> tuple[np.ndarray, float]:
+    """Slice order along the normal and the median step; refuses duplicated, missing or
+    unevenly spaced slices."""
     order = np.argsort(along, kind="stable")
     ordered = [names[i] for i in order]
     gaps = np.diff(along[order])
@@ -464,25 +497,23 @@ def check_series(series: Series, where: str) -> _Geometry:
             f"and '{ordered[i + 1]}' where the series spacing is {step:.2f} mm): export the "
             "complete, evenly spaced series."
         )
-    pixel = pixel_spacings[0]  # (between rows, between columns)
-    if len(gaps):
-        travel = points[order[-1]] - points[order[0]]
-        drift = float(np.linalg.norm(travel - (travel @ normal) * normal))
-        if drift > 0.1 * pixel.min():
-            tilt = float(np.degrees(np.arctan2(drift, travel @ normal)))
-            raise InputError(
-                f"DICOM series {where} was acquired with a gantry tilt of {tilt:.1f} degrees "
-                "(its slices are not stacked along their normal), which sparsect does not "
-                "correct: resample it onto an untilted axial grid and give the result as "
-                "NIfTI."
-            )
-        step = float(travel @ normal) / len(gaps)
-    lps = np.eye(4)
-    lps[:3, 0] = row * pixel[1]
-    lps[:3, 1] = column * pixel[0]
-    lps[:3, 2] = normal * step
-    lps[:3, 3] = points[order[0]]
-    return _Geometry(order, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)
+    return order, step
+
+
+def _untilted_step(travel: np.ndarray, normal: np.ndarray, pixel: np.ndarray,
+                   where: str) -> float:
+    """The distance from first to last slice along the normal; refuses a gantry tilt
+    (slices not stacked along their normal)."""
+    drift = float(np.linalg.norm(travel - (travel @ normal) * normal))
+    if drift > 0.1 * pixel.min():
+        tilt = float(np.degrees(np.arctan2(drift, travel @ normal)))
+        raise InputError(
+            f"DICOM series {where} was acquired with a gantry tilt of {tilt:.1f} degrees "
+            "(its slices are not stacked along their normal), which sparsect does not "
+            "correct: resample it onto an untilted axial grid and give the result as "
+            "NIfTI."
+        )
+    return float(travel @ normal)
 
 
 def _single_slice_spacing(header: Any) -> float:

@@ -25,7 +25,7 @@ import torch
 import torchio as tio
 
 from sparsect.data import datasets, dicom
-from sparsect.errors import InputError
+from sparsect.errors import InputError, reading
 
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 LABEL_SUFFIX = "_seg"
@@ -130,34 +130,7 @@ def find_scans(data_dir: Path) -> list[ScanEntry]:
             f"Data folder '{data_dir}' does not exist: create it and put scans in it, "
             "or run `sparsect make-data` to write the built-in phantoms."
         )
-    found: list[tuple[ScanEntry, bool]] = []
-    for path in sorted(data_dir.iterdir()):
-        if path.name.startswith("."):
-            continue
-        if path.is_dir():
-            found += _folder_entries(path)
-        elif datasets.is_lodopab_file(path):
-            found.append((_lodopab_entry(path), False))
-        elif (parsed := _strip_suffix(path)) is not None and path.is_file():
-            stem = parsed[0]
-            is_label = stem.endswith(LABEL_SUFFIX)
-            found.append((ScanEntry(stem[: -len(LABEL_SUFFIX)] if is_label else stem, path,
-                                    None), is_label))
-    files: dict[str, ScanEntry] = {}
-    label_files: dict[str, Path] = {}
-    for entry, is_label in found:
-        stem = entry.subject
-        taken = label_files.get(stem) if is_label else files.get(stem)
-        if taken is not None:
-            other = taken if is_label else taken.scan
-            raise InputError(
-                f"'{other}' and '{entry.scan}' are two {'label maps' if is_label else 'scans'} "
-                f"of subject '{stem}': keep one of them or rename the other."
-            )
-        if is_label:
-            label_files[stem] = entry.scan
-        else:
-            files[stem] = entry
+    files, label_files = _by_subject(data_dir)
     if not files:
         raise InputError(
             f"Data folder '{data_dir}' holds no CT scan (NIfTI, NRRD, MHA or DICOM series): "
@@ -175,6 +148,44 @@ def find_scans(data_dir: Path) -> list[ScanEntry]:
             entry = ScanEntry(stem, entry.scan, label_files[stem], entry.series, entry.patient)
         entries.append(entry)
     return entries
+
+
+def _top_level_entries(data_dir: Path) -> list[tuple[ScanEntry, bool]]:
+    """Every scan (and label map: True) of the data folder's entries, in name order."""
+    found: list[tuple[ScanEntry, bool]] = []
+    for path in sorted(data_dir.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            found += _folder_entries(path)
+        elif datasets.is_lodopab_file(path):
+            found.append((_lodopab_entry(path), False))
+        elif (parsed := _strip_suffix(path)) is not None and path.is_file():
+            stem = parsed[0]
+            is_label = stem.endswith(LABEL_SUFFIX)
+            found.append((ScanEntry(stem[: -len(LABEL_SUFFIX)] if is_label else stem, path,
+                                    None), is_label))
+    return found
+
+
+def _by_subject(data_dir: Path) -> tuple[dict[str, ScanEntry], dict[str, Path]]:
+    """Scans and label maps by subject name; two of either for one subject are refused."""
+    files: dict[str, ScanEntry] = {}
+    label_files: dict[str, Path] = {}
+    for entry, is_label in _top_level_entries(data_dir):
+        stem = entry.subject
+        taken = label_files.get(stem) if is_label else files.get(stem)
+        if taken is not None:
+            other = taken if is_label else taken.scan
+            raise InputError(
+                f"'{other}' and '{entry.scan}' are two {'label maps' if is_label else 'scans'} "
+                f"of subject '{stem}': keep one of them or rename the other."
+            )
+        if is_label:
+            label_files[stem] = entry.scan
+        else:
+            files[stem] = entry
+    return files, label_files
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -243,27 +254,14 @@ def load_subject(entry: ScanEntry) -> tio.Subject:
     """
     images: dict[str, tio.Image] = {}
     scan = _array_scan(entry)
-    try:
+    with reading(f"scan '{entry.scan}'",
+                 "check that the file is complete and in a supported format"):
         images["ct"] = scan if scan is not None else _image(tio.ScalarImage, entry.scan)
         images["ct"].load()
-    except InputError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any reader failure is the file's fault
-        raise InputError(
-            f"Cannot read scan '{entry.scan}' ({type(error).__name__}): "
-            "check that the file is complete and in a supported format."
-        ) from None
     if entry.labels is not None:
-        try:
+        with reading(f"label map '{entry.labels}'", "check the file or remove it"):
             images["labels"] = _label_image(entry.labels)
             images["labels"].load()
-        except InputError:
-            raise
-        except Exception as error:  # noqa: BLE001
-            raise InputError(
-                f"Cannot read label map '{entry.labels}' ({type(error).__name__}): "
-                "check the file or remove it."
-            ) from None
     subject = tio.Subject(**images)
     ct = subject["ct"]
     if ct.data.shape[0] != 1 or ct.data.ndim != 4:

@@ -29,13 +29,18 @@ __all__ = [
     "structure_tissue",
 ]
 
-STRUCTURES_V2: dict[int, str] = {
+_FIRST_SIX = {
     1: "spleen",
     2: "kidney_right",
     3: "kidney_left",
     4: "gallbladder",
     5: "liver",
     6: "stomach",
+}
+"""The six abdominal organs both versions number first, 1 to 6."""
+
+STRUCTURES_V2: dict[int, str] = {
+    **_FIRST_SIX,
     7: "pancreas",
     8: "adrenal_gland_right",
     9: "adrenal_gland_left",
@@ -151,12 +156,7 @@ STRUCTURES_V2: dict[int, str] = {
 """Label value -> structure name of the TotalSegmentator v2 "total" task (117 structures)."""
 
 STRUCTURES_V1: dict[int, str] = {
-    1: "spleen",
-    2: "kidney_right",
-    3: "kidney_left",
-    4: "gallbladder",
-    5: "liver",
-    6: "stomach",
+    **_FIRST_SIX,
     7: "aorta",
     8: "inferior_vena_cava",
     9: "portal_vein_and_splenic_vein",
