@@ -86,6 +86,9 @@ def test_killed_training_resumes_to_the_same_epoch_count_in_one_run(arrays):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+    # resuming into the work folder is by design: Lightning's notes about it (and its own
+    # deprecations) are not the user's business
+    assert "is not empty" not in done.stderr and "LeafSpec" not in done.stderr, done.stderr
     summary = json.loads((arrays / "models_resume" / "summary.json").read_text())
     assert summary["unet"]["resumed"] is True
     assert summary["unet"]["epochs"] == summary["sg_unet"]["epochs"] == epochs

@@ -23,6 +23,7 @@ import hashlib
 import json
 import shutil
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,13 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
             logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True), "cfg."))
         atomic_write_json(state_file, {"fingerprint": fingerprint(cfg, name, views),
                                        "mlflow_run_id": logger.run_id})
-    trainer.fit(module, datamodule, ckpt_path=str(last) if resuming else None)
+    with warnings.catch_warnings():
+        # Lightning's notes that say nothing about the user's input: the work folder
+        # holds state.json by design (resume), and Lightning calls a torch API that
+        # torch has deprecated.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
+        trainer.fit(module, datamodule, ckpt_path=str(last) if resuming else None)
     if not trainer.is_global_zero:
         return {}, False
     selected = save_portable(Path(checkpoint.best_model_path), work / "selected.ckpt")
