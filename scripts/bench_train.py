@@ -35,7 +35,12 @@ def main() -> None:
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    module = ReconModule(prior=args.prior).to(device)
+    # the default widths of conf/model (params.yaml is not read: no Hydra on a bare machine)
+    net = ({"_target_": "sparsect.models.unet.UNet", "channels": 17, "depth": 4}
+           if args.prior == "none" else
+           {"_target_": "sparsect.models.unet.SGUNet", "channels": 16, "depth": 4,
+            "seg_channels": 8, "predict_prior": args.prior == "predicted"})
+    module = ReconModule(net=net, prior=args.prior).to(device)
     if cuda:
         module = module.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
@@ -44,6 +49,9 @@ def main() -> None:
     batch = {"fbp": torch.randn(shape, device=device),
              "target": torch.randn(shape, device=device),
              "masks": torch.randint(0, 5, (args.batch_size, args.size, args.size), device=device)}
+    if args.prior in ("threshold", "oracle"):  # a class map given as input
+        batch["prior_probs"] = torch.nn.functional.one_hot(batch["masks"], 5).permute(
+            0, 3, 1, 2).float()
     if cuda:
         batch["fbp"] = batch["fbp"].contiguous(memory_format=torch.channels_last)
 
