@@ -212,21 +212,6 @@ def _image(cls: type[tio.Image], path: Path) -> tio.Image:
     return cls(path)
 
 
-def check_dicom_series(path: Path, series: str | None = None) -> None:
-    """Checks a DICOM file or series folder (``series`` of it, when it holds several)
-    before it is read as one CT volume, without decoding its pixels.
-
-    Raises:
-        InputError: as :func:`sparsect.data.dicom.check_series` and
-            :func:`sparsect.data.dicom.check_decodable`: another modality, missing rescale
-            tags, duplicated, missing or unevenly spaced slices, non-axial or tilted
-            slices, or a transfer syntax no installed decoder reads.
-    """
-    chosen, where = dicom.select_series(Path(path), series)
-    dicom.check_series(chosen, where)
-    dicom.check_decodable(chosen, where)
-
-
 def _array_scan(entry: ScanEntry) -> tio.ScalarImage | None:
     """A DICOM or LoDoPaB scan, read here (these readers explain their own failures);
     ``None`` for a file that TorchIO reads."""
