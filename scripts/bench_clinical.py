@@ -193,12 +193,11 @@ def part_train(args: argparse.Namespace) -> None:
     if cuda:
         batch["fbp"] = batch["fbp"].contiguous(memory_format=torch.channels_last)
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_train import train_step  # the step bench_train times
+
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            terms, _ = module._losses(batch)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
+        train_step(module, optimizer, batch, bf16)
 
     _rss_at_start(f"train_{args.label}")
     for _ in range(args.warmup):

@@ -23,6 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from sparsect.models.module import ReconModule  # noqa: E402
 
 
+def train_step(module: ReconModule, optimizer: torch.optim.Optimizer,
+               batch: dict[str, torch.Tensor], bf16: bool) -> None:
+    """One optimisation step as Lightning runs it: the module's losses (under bf16
+    autocast when asked), backward, optimiser step."""
+    with torch.autocast(batch["fbp"].device.type, dtype=torch.bfloat16, enabled=bf16):
+        terms, _ = module._losses(batch)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizer.step()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
@@ -56,11 +67,7 @@ def main() -> None:
         batch["fbp"] = batch["fbp"].contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            terms, _ = module._losses(batch)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
+        train_step(module, optimizer, batch, bf16=cuda)
 
     for _ in range(args.warmup):
         step()
