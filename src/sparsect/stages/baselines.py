@@ -33,26 +33,36 @@ def _reconstruct_one(job: tuple[int, str, dict]) -> tuple[int, np.ndarray]:
     return index, mu_to_hu(reconstruct(method, _WORKER["projector"], sinogram, **options))
 
 
+def reconstruct_all(geometry: dict, device: str, sinogram_dir: Path, methods: dict,
+                    workers: int, desc: str = "") -> dict[str, np.ndarray]:
+    """Every method of ``methods`` (name -> options) on every sinogram of
+    ``sinogram_dir/sinogram.npy``, in ``workers`` processes: name -> ``(N, H, W)`` HU."""
+    count = len(load_array(Path(sinogram_dir), "sinogram"))
+    size = geometry["image_size"]
+    out = {}
+    with ProcessPoolExecutor(min(workers, max(1, count)), initializer=_init_worker,
+                             initargs=(geometry, device, str(sinogram_dir))) as pool:
+        for method, options in methods.items():
+            images = np.empty((count, size, size), np.float32)
+            jobs = [(i, method, dict(options or {})) for i in range(count)]
+            for index, image in tqdm(pool.map(_reconstruct_one, jobs), total=count,
+                                     unit="slice", desc=f"{method} {desc}".strip()):
+                images[index] = image
+            out[method] = images
+    return out
+
+
 def baselines(cfg: DictConfig, sim_dir: Path, out_dir: Path, workers: int | None = None,
               split: str = "test") -> Path:
     """Writes ``out_dir/<method>.npy`` (``(N, H, W)`` HU) for each method in ``cfg.baselines``."""
     header = read_json(Path(sim_dir) / "geometry.json")
-    sinogram_dir = Path(sim_dir) / split
-    count = len(load_array(sinogram_dir, "sinogram"))
     workers = workers or cfg.physics.get("workers") or os.cpu_count() or 1
     methods = OmegaConf.to_container(cfg.baselines, resolve=True)
     with atomic_dir(Path(out_dir)) as tmp:
-        with ProcessPoolExecutor(min(workers, max(1, count)), initializer=_init_worker,
-                                 initargs=(header["geometry"], str(cfg.physics.device),
-                                           str(sinogram_dir))) as pool:
-            for method, options in methods.items():
-                size = header["geometry"]["image_size"]
-                images = np.empty((count, size, size), np.float32)
-                jobs = [(i, method, dict(options or {})) for i in range(count)]
-                for index, image in tqdm(pool.map(_reconstruct_one, jobs), total=count,
-                                         unit="slice", desc=f"{method} {split}"):
-                    images[index] = image
-                save_array(tmp, method, images)
+        images = reconstruct_all(header["geometry"], str(cfg.physics.device),
+                                 Path(sim_dir) / split, methods, workers, split)
+        for method, stack in images.items():
+            save_array(tmp, method, stack)
         atomic_write_json(tmp / "settings.json", {"split": split, "methods": methods,
                                                   "geometry": header["geometry"]})
     return Path(out_dir)
