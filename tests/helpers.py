@@ -163,6 +163,7 @@ model: {channels: 4, depth: 3, seg_channels: 4}
 trainer: {max_epochs: 3, batch_size: 4, crop: 16}
 evaluate: {panel_slices: 1}
 baselines: {sirt: {iterations: 20}, tv: {iterations: 20}}
+external: {max_slices: 2}
 """
 
 
@@ -182,7 +183,7 @@ def tool_env(repo: Path) -> dict[str, str]:
 def init_tiny_repo(repo: Path) -> Path:
     """A git + DVC project in ``repo``: this checkout's conf, code and dvc.yaml, the
     tiny experiment composed into params.yaml, and its phantoms tracked by DVC."""
-    for name in ("conf", "src"):
+    for name in ("conf", "src", "realct"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo)
     shutil.copy(ROOT / ".gitignore", repo)

@@ -14,7 +14,18 @@ from sparsect.tracking import CHECKPOINT_TAG, sha256_file
 @pytest.mark.slow
 def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
     metrics = json.loads((tiny_repo / "reports" / "metrics.json").read_text())
-    assert set(metrics) == {"12", "24"}
+    assert set(metrics) == {"12", "24", "external"}
+    external = metrics.pop("external")
+    assert set(external) == {"12", "24"}
+    for per_scan in external.values():
+        # the repository's real scans, each scored with every method
+        assert {s for s in per_scan if not s.startswith("_")} == {
+            "abdomen_ct", "abdomen_dicom", "abdomen_upper_ct"}
+        for scan, result in per_scan.items():
+            if not scan.startswith("_"):
+                assert {m for m in result if not m.startswith("_")} == {
+                    "fbp", "sirt", "tv", "unet", "sg_unet"}
+                assert result["_reference"]["noise_sd_hu"] > 0
     for per_method in metrics.values():
         methods = {m for m in per_method if not m.startswith("_")}
         assert methods == {"fbp", "sirt", "tv", "unet", "sg_unet"}
@@ -34,6 +45,7 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
             assert (tiny_repo / "reports" / "views" / views / figure).stat().st_size > 10_000
     report = (tiny_repo / "reports" / "report.md").read_text()
     assert "## 12 views" in report and "## 24 views" in report and "residual" in report
+    assert "## Real scans (external validation)" in report and "reference noise" in report
     psnr_csv = (tiny_repo / "reports" / "plots" / "psnr.csv").read_text().splitlines()
     assert psnr_csv[0].split(",")[0] == "views" and len(psnr_csv) == 3
     env = tool_env(tiny_repo)

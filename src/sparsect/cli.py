@@ -108,6 +108,12 @@ def _evaluate(args: argparse.Namespace) -> object:
                     args.views, args.baselines)
 
 
+def _external(args: argparse.Namespace) -> object:
+    from sparsect.stages.external import external
+
+    return external(_cfg(args), args.scans, args.models, args.out, args.views, args.workers)
+
+
 def _ablation(args: argparse.Namespace) -> object:
     from sparsect.stages.ablation import ablation
 
@@ -124,7 +130,7 @@ def _promote(args: argparse.Namespace) -> object:
 def _report(args: argparse.Namespace) -> object:
     from sparsect.stages.report import report
 
-    return report(_cfg(args), args.evaluations, args.out)
+    return report(_cfg(args), args.evaluations, args.out, args.external)
 
 
 def _reconstruct(args: argparse.Namespace) -> object:
@@ -199,6 +205,12 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", type=Path, default=None)
     p.add_argument("--views", type=int, default=None)
 
+    p = _command(commands, "external", _external,
+                 "every method on the real scans (external validation) at one view count",
+                 paths=("scans", "models", "out"))
+    p.add_argument("--views", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None)
+
     p = _command(commands, "ablation", _ablation, "train and score every variant",
                  paths=("prepared", "sim", "masks", "work", "out"))
     p.add_argument("--views", type=int, default=None)
@@ -206,8 +218,10 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     _command(commands, "promote", _promote, "register models and move the champion alias",
              paths=("prepared", "models", "evaluations", "out"))
 
-    _command(commands, "report", _report, "merged metrics, plot CSVs and report.md",
-             paths=("evaluations", "out"))
+    p = _command(commands, "report", _report, "merged metrics, plot CSVs and report.md",
+                 paths=("evaluations", "out"))
+    p.add_argument("--external", type=Path, default=None,
+                   help="folder of `sparsect external` results per view count (real scans)")
 
 
 def _add_user_commands(commands: argparse._SubParsersAction) -> None:
