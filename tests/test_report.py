@@ -136,14 +136,16 @@ def test_write_report_writes_the_summary(tmp_path):
     assert list(written["30"]) == ["fbp", "tv", "unet", "sg_unet", "sg_threshold", "dice"]
 
 
-@pytest.mark.skipif(not (ROOT / "reports/views/30/metrics.json").is_file(),
+@pytest.mark.skipif(not all((ROOT / "reports" / kind / "30/metrics.json").is_file()
+                        for kind in ("views", "external")),
                     reason="the committed evaluations are not checked out")
 def test_committed_report_is_what_write_report_makes_of_the_evaluations(tmp_path):
     """``reports/`` (metrics.json, summary.json, report.md, plots) is rebuilt byte for byte
-    from ``reports/views/<views>/metrics.json``."""
+    from ``reports/views/<views>/metrics.json`` and ``reports/external/<views>/``."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     folders = {int(v): ROOT / "reports/views" / str(v) for v in params["sweep"]["views"]}
-    out = write_report(folders, tmp_path, _committed_models())
+    external = {int(v): ROOT / "reports/external" / str(v) for v in params["sweep"]["views"]}
+    out = write_report(folders, tmp_path, _committed_models(), external)
     for name in ("metrics.json", "summary.json", "report.md", "plots/psnr.csv",
                  "plots/ssim.csv"):
         assert (out / name).read_bytes() == (ROOT / "reports" / name).read_bytes(), (

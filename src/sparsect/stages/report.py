@@ -11,14 +11,21 @@ from sparsect.evaluation.report import write_report
 from sparsect.models.variants import variant_table
 
 
-def report(cfg: DictConfig, evaluations: Path, out_dir: Path) -> Path:
-    """Merges ``evaluations/<views>/`` for every view count of ``cfg.sweep.views``
-    (other folders, e.g. of an earlier sweep, are ignored); learned models are
-    listed in the order of the variant table."""
-    evaluations = Path(evaluations)
-    folders = {int(views): evaluations / str(views) for views in cfg.sweep.views}
+def _folders(root: Path, cfg: DictConfig, command: str) -> dict[int, Path]:
+    folders = {int(views): Path(root) / str(views) for views in cfg.sweep.views}
     missing = [str(folder) for folder in folders.values() if not folder.is_dir()]
     if missing:
-        raise InputError(f"Evaluation folder(s) {', '.join(missing)} missing: run "
-                         "`dvc repro` (or `sparsect evaluate`) for every view of sweep.views.")
-    return write_report(folders, out_dir, models=tuple(variant_table(cfg)))
+        raise InputError(f"Folder(s) {', '.join(missing)} missing: run `dvc repro` (or "
+                         f"`sparsect {command}`) for every view of sweep.views.")
+    return folders
+
+
+def report(cfg: DictConfig, evaluations: Path, out_dir: Path,
+           external: Path | None = None) -> Path:
+    """Merges ``evaluations/<views>/`` (and ``external/<views>/``, the real scans) for
+    every view count of ``cfg.sweep.views`` (other folders, e.g. of an earlier sweep, are
+    ignored); learned models are listed in the order of the variant table."""
+    folders = _folders(Path(evaluations), cfg, "evaluate")
+    external_dirs = None if external is None else _folders(Path(external), cfg, "external")
+    return write_report(folders, out_dir, models=tuple(variant_table(cfg)),
+                        external_dirs=external_dirs)
