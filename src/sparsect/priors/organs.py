@@ -42,8 +42,17 @@ ORGAN_LABELS: dict[str, int] = {
     "bowel": 19,
     "bowel_gas": 20,
     "lesion": 21,
+    "table": 22,  # patient table and mattress, outside the body
+    "arm": 23,  # arm muscle
+    "arm_bone": 24,  # humerus, radius and ulna: cortex and marrow
+    "arm_fat": 25,  # subcutaneous fat of the arms
+    "colon": 26,  # colon and rectum: wall and faecal content (its gas is "bowel_gas")
+    "bladder": 27,  # urinary bladder: wall and urine
+    "pelvis_bone": 28,  # iliac wings, acetabula and sacrum: cortex and marrow
+    "femur": 29,  # femoral heads: cortex and marrow
 }
-"""Organ name -> label value in the phantoms' ``*_seg.nii.gz`` maps. 0 is air outside the body."""
+"""Organ name -> label value in the phantoms' ``*_seg.nii.gz`` maps. 0 is air outside the body;
+"table" is not part of the body either."""
 
 _L = ORGAN_LABELS
 
@@ -72,5 +81,14 @@ ORGAN_TO_TISSUE: dict[int, int] = {
     # lung, and the HU-threshold masks (air enclosed by the body -> lung) call it so.
     _L["bowel_gas"]: LUNG,
     _L["lesion"]: SOFT_TISSUE,
+    # The table is not the patient: whatever its HU, it belongs with the air around it.
+    _L["table"]: BACKGROUND,
+    _L["arm"]: SOFT_TISSUE,
+    _L["arm_bone"]: BONE,
+    _L["arm_fat"]: FAT,
+    _L["colon"]: SOFT_TISSUE,
+    _L["bladder"]: SOFT_TISSUE,
+    _L["pelvis_bone"]: BONE,
+    _L["femur"]: BONE,
 }
 """Organ label value -> tissue class index of :mod:`sparsect.priors.classes`."""

@@ -17,8 +17,17 @@ and outlines are drawn per subject:
   aorta, oesophagus, inferior vena cava;
 * vertebrae (cortical shell, trabecular core, discs, posterior elements),
   obliquely cut ribs, sternum;
-* liver, spleen, stomach (sometimes with a gas cap), kidneys with sinus fat,
-  bowel loops, and a few small hypo-/hyper-dense lesions in liver or lung.
+* liver, spleen, stomach (sometimes with a gas cap), kidneys with sinus fat and
+  medullary pyramids, and a few small hypo-/hyper-dense lesions in liver or lung;
+* below the liver (``lower_abdomen``, from a stream of its own): psoas muscles, the colon
+  (ascending, sagging transverse, descending, sigmoid, rectum) with mottled faeces full of
+  small gas bubbles (``bubbles``), gas or a gas-fluid level, 10-25 small-bowel loops (fluid,
+  oral contrast, gas-fluid level, gas or collapsed), and, in pelvic slabs, iliac wings,
+  sacrum, bladder, gluteal muscles, the aortic bifurcation and the femoral heads;
+* the scan set-up: a contrast phase (non-contrast, portal-venous or arterial) that
+  sets the enhancement of blood and organs, a curved patient table under the back,
+  arms beside the body or raised out of the slab, and the quantum noise of the
+  reconstruction (band-limited, inside the patient and on the table only).
 
 Partial volume is modelled by painting every slice on a grid that is
 supersampled in-plane and across the slab thickness, then averaging HU and
@@ -39,7 +48,8 @@ Modules, in the order a subject is made:
 * ``painting``: organ labels and materials, slice by slice;
 * ``vessels`` and ``lesions``: 3D details grown into the painted volume;
 * ``partial_volume`` and ``texture``: the output voxels' HU, with noise texture;
-* ``generate``: :func:`generate_subject`, the above in order, then the scanner blur;
+* ``generate``: :func:`generate_subject`, the above in order, then the scanner blur and
+  the reconstruction noise;
 * ``writing``: :func:`write_dataset`, the NIfTI files.
 
 The organ label values and their tissue classes live in :mod:`sparsect.priors.organs`.

@@ -14,7 +14,15 @@ import numpy as np
 
 from sparsect.data import fpmath
 from sparsect.data.phantom.config import PhantomConfig
-from sparsect.data.phantom.materials import _MATERIALS, _MAX_MATERIALS
+from sparsect.data.phantom.lower_abdomen import _draw_lower_abdomen
+from sparsect.data.phantom.materials import (
+    _ENHANCEMENT,
+    _M,
+    _MATERIALS,
+    _MAX_MATERIALS,
+    _NATIVE_OF,
+    _PHASES,
+)
 from sparsect.data.phantom.shapes import _modulation, _superellipse_radius
 
 
@@ -25,6 +33,14 @@ class _Organ(NamedTuple):
     z_centre: float  # mm
     z_semi: float  # mm
     coeffs: np.ndarray | None
+
+
+class _Arm(NamedTuple):
+    outline: _Organ  # skin (in-plane only: the arm runs through the whole slab)
+    fat: float  # subcutaneous fat, mm
+    bone: tuple[float, float]  # (u, v) centre of the humerus, or between radius and ulna
+    humerus: tuple[float, float]  # radius, cortex (mm)
+    forearm: tuple[float, float, float]  # bone radius, cortex, half the distance between them
 
 
 class _Draws:
@@ -55,10 +71,22 @@ class _Anatomy:
     the volume (0 at the centre slice), increasing superiorly.
     """
 
-    def __init__(self, rng: np.random.Generator, config: PhantomConfig) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        config: PhantomConfig,
+        lower_rng: np.random.Generator | None = None,
+    ) -> None:
+        """``rng`` draws the anatomy down to the kidneys; ``lower_rng`` (by default a stream
+        spawned from ``rng``'s seed) whether the slab is pelvic and the anatomy below the
+        liver, so that those draws leave the others alone."""
         draw = _Draws(rng)
+        if lower_rng is None:
+            lower_rng = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+        lower = _Draws(lower_rng)
+        self.pelvic = lower.uniform(0.0, 1.0) < config.pelvic_probability
         depth = self._draw_body(draw, config)
-        self._draw_wall(draw, config)
+        self._draw_wall(draw, config, depth)
         self._draw_diaphragm(draw, config, depth)
         self._draw_spine(draw)
         self._draw_ribs(draw)
@@ -67,7 +95,12 @@ class _Anatomy:
         self._draw_upper_abdomen(draw, size)
         self._draw_kidneys_and_bowel(draw, size)
         self._draw_attenuation(draw)
+        # Draws added later come after all the others, so they leave the anatomy above alone.
+        self._draw_contrast(draw, config)
+        self._draw_table(draw, config)
+        self._draw_arms(draw, config)
         self._place_spine()
+        _draw_lower_abdomen(lower, self, config.oral_contrast_probability)
 
     def _draw_body(self, draw: _Draws, config: PhantomConfig) -> float:
         """Body outline, position and rotation; returns the full anterior-posterior depth."""
@@ -88,12 +121,17 @@ class _Anatomy:
         )
         return depth
 
-    def _draw_wall(self, draw: _Draws, config: PhantomConfig) -> None:
+    def _draw_wall(self, draw: _Draws, config: PhantomConfig, depth: float) -> None:
         # Subcutaneous fat and muscle wall thickness profiles.
         fat_lo, fat_hi = config.subcutaneous_fat_mm
         self.fat_range = (fat_lo, fat_hi)
         span = fat_hi - fat_lo
-        self.fat_mean = draw.uniform(fat_lo + 0.15 * span, fat_lo + 0.65 * span)
+        # Large bodies are mostly large by their fat: thin subjects are small, obese ones big.
+        size = (
+            _fraction(2 * self.a, config.body_width_mm) + _fraction(depth, config.body_depth_mm)
+        ) / 2
+        share = 0.03 + 0.6 * size + 0.35 * (draw.uniform(0.0, 1.0) - 0.5)
+        self.fat_mean = fat_lo + span * min(max(share, 0.0), 0.8)
         self.fat_coeffs = draw.harmonics(3, 0.28)
         self.fat_abdomen_gain = draw.uniform(1.0, 1.3)
         self.muscle_thorax = draw.uniform(12.0, 17.0)
@@ -103,7 +141,10 @@ class _Anatomy:
     def _draw_diaphragm(self, draw: _Draws, config: PhantomConfig, depth: float) -> None:
         """Diaphragm domes, and the thoracic cavity's semi-axes ``a_c``, ``b_c``."""
         # Diaphragm: two domes, the right one higher (the liver pushes it up).
-        self.h_right = draw.uniform(*config.dome_level_mm)
+        # One draw either way: a pelvic slab only moves the dome up, far above the slab.
+        self.h_right = draw.uniform(
+            *(config.pelvic_dome_level_mm if self.pelvic else config.dome_level_mm)
+        )
         self.h_left = self.h_right - draw.uniform(8.0, 20.0)
         self.dome_depth = draw.uniform(45.0, 65.0)
         self.posterior_drop = draw.uniform(15.0, 30.0)
@@ -243,6 +284,70 @@ class _Anatomy:
         self.material_hu = hu
         self.lung_gradient = draw.uniform(20.0, 45.0)  # HU, dependent (posterior) lung is denser
 
+    def _draw_contrast(self, draw: _Draws, config: PhantomConfig) -> None:
+        """The contrast phase, and each material's enhancement in it (``material_hu``)."""
+        u = draw.uniform(0.0, 1.0)
+        cumulative = np.cumsum(config.contrast_phases)
+        self.phase = _PHASES[min(int(np.searchsorted(cumulative, u, side="right")), 2)]
+        hu = self.material_hu
+        for name, source in _NATIVE_OF.items():
+            hu[_M[name]] = hu[_M[source]]
+        # One draw per material whatever the phase, so that the phase changes nothing else.
+        for name, ranges in _ENHANCEMENT.items():
+            fraction = draw.uniform(0.0, 1.0)
+            if self.phase != "non_contrast":
+                low, high = ranges[_PHASES.index(self.phase) - 1]
+                hu[_M[name]] += np.float32(low + fraction * (high - low))
+
+    def _draw_table(self, draw: _Draws, config: PhantomConfig) -> None:
+        """The patient table, in world mm (it is the scanner's, not scaled with the body)."""
+        self.table = draw.uniform(0.0, 1.0) < config.table_probability
+        self.table_gap = draw.uniform(0.0, 20.0)  # below the lowest point of the back
+        self.mattress = draw.uniform(0.0, 1.0) < 0.6  # else an air gap
+        self.table_thickness = draw.uniform(8.0, 20.0)
+        self.table_shell = draw.uniform(2.0, 4.0)
+        self.table_half_width = draw.uniform(200.0, 240.0)
+        self.table_x = draw.uniform(-15.0, 15.0)
+        self.table_curve_radius = draw.uniform(600.0, 1500.0)  # the top is concave
+        hu = self.material_hu
+        hu[_M["table_shell"]] = draw.uniform(100.0, 300.0)
+        hu[_M["table_core"]] = draw.uniform(-850.0, -700.0)
+        hu[_M["mattress"]] = draw.uniform(-900.0, -800.0)
+
+    def _draw_arms(self, draw: _Draws, config: PhantomConfig) -> None:
+        """Arms down beside the trunk, or raised above the head (then out of the slab)."""
+        self.arms_down = draw.uniform(0.0, 1.0) < config.arms_down_probability
+        self.elbow_z = self.h_right - draw.uniform(60.0, 130.0)  # humerus above, forearm below
+        self.arms = [self._draw_arm(draw, side) for side in (1.0, -1.0)]
+
+    def _draw_arm(self, draw: _Draws, side: float) -> _Arm:
+        diameter = draw.uniform(70.0, 100.0)
+        semi = (diameter / 2, diameter / 2 * draw.uniform(1.0, 1.2))  # deeper than wide
+        v_centre = draw.uniform(-0.35, 0.1) * self.b_post
+        gap = draw.uniform(0.0, 20.0)
+        angle = draw.uniform(-0.3, 0.3)
+        coeffs = draw.harmonics(2, 0.04)
+        # Clear of the trunk's side (thorax or abdomen outline) over the arm's height.
+        theta = np.linspace(-np.pi, np.pi, 721)
+        side_u = 0.0
+        for abdomen in (False, True):
+            r = _body_radius(self, theta, abdomen)
+            u, v = r * fpmath.cos(theta), r * fpmath.sin(theta)
+            level = np.abs(v - v_centre) < semi[1]
+            side_u = max(side_u, float((side * u[level]).max()))
+        centre = (side * (side_u + gap + semi[0]), v_centre)
+        bone = (
+            centre[0] - side * draw.uniform(0.0, 0.2) * semi[0],
+            centre[1] + draw.uniform(-0.15, 0.15) * semi[1],
+        )
+        return _Arm(
+            _Organ(centre, semi, angle, 0.0, 0.0, coeffs),
+            fat=draw.uniform(5.0, 15.0),
+            bone=bone,
+            humerus=(draw.uniform(10.0, 13.0), draw.uniform(3.0, 5.0)),
+            forearm=(draw.uniform(6.0, 8.0), draw.uniform(2.0, 3.0), draw.uniform(7.0, 11.0)),
+        )
+
     def _place_spine(self) -> None:
         # Vertebral-body centre at a fixed depth from the posterior skin, behind the fat.
         back_theta = np.array([-np.pi / 2])
@@ -250,6 +355,12 @@ class _Anatomy:
         back_fat = float(_fat_thickness(self, back_theta, False)[0])
         self.vb_v = -back + back_fat + self.vb_depth_from_skin
         self.canal_v = self.vb_v - self.vb_semi[1] - 2.0 - self.canal_radius
+
+
+def _fraction(value: float, bounds: tuple[float, float]) -> float:
+    """Where ``value`` lies in ``bounds``, 0 .. 1 (0.5 for an empty range)."""
+    low, high = bounds
+    return (value - low) / (high - low) if high > low else 0.5
 
 
 # --------------------------------------------------------------------------- outline profiles

@@ -7,6 +7,7 @@ import numpy as np
 from sparsect.data import fpmath
 from sparsect.data.phantom.anatomy import (
     _Anatomy,
+    _Arm,
     _body_radius,
     _fat_thickness,
     _muscle_thickness,
@@ -43,6 +44,9 @@ class _Fields:
         self._init_heart(an)
         self._init_abdomen(an)
         self._init_tubes(an)
+        self._init_lower_abdomen(an)
+        self.arms = [_ArmFields(u, v, arm) for arm in an.arms] if an.arms_down else []
+        self.table = _table_parts(an, grid) if an.table else []
 
     def _init_diaphragm(self, an: _Anatomy) -> None:
         u, v = self.u, self.v
@@ -56,7 +60,10 @@ class _Fields:
             d2 = ((u - cu) / an.dome_semi[0]) ** 2 + (dv / an.dome_semi[1]) ** 2
             heights.append(top - an.dome_depth * d2)
         posterior = np.clip(-v / an.b_c, 0.0, 1.0)
-        self.diaphragm = (np.maximum(*heights) - an.posterior_drop * posterior).astype(np.float32)
+        height = np.maximum(*heights) - an.posterior_drop * posterior
+        # The paraboloids fall without end at the sides; the recesses do not.
+        floor = an.h_right - an.recess_depth - 20.0 * posterior
+        self.diaphragm = np.maximum(height, floor).astype(np.float32)
 
     def _init_spine(self, an: _Anatomy) -> None:
         u, v = self.u, self.v
@@ -127,6 +134,15 @@ class _Fields:
             self.sinus.append(
                 _ellipse_rho(u, v, centre, (0.45 * k.semi[0], 0.35 * k.semi[1]), k.angle)
             )
+        # Medulla: the kidney's inner part, its radius lobed so that cortical columns
+        # reach in between the pyramids (< its ellipsoid scale - 0.25 inside).
+        self.pyramids = []
+        for rho, k in zip(self.kidneys, an.kidneys, strict=True):
+            cos, sin = _cos_sin(k.angle)
+            du, dv = u - k.centre[0], v - k.centre[1]
+            angle = fpmath.arctan2(-du * sin + dv * cos, du * cos + dv * sin)
+            lobes = 1.0 + 0.18 * fpmath.cos(6.0 * angle)
+            self.pyramids.append((rho * lobes).astype(np.float32))
         self.bowel = [_organ_rho(u, v, b) for b in an.bowel]
 
     def _init_tubes(self, an: _Anatomy) -> None:
@@ -138,3 +154,95 @@ class _Fields:
         self.ivc = fpmath.hypot(u - an.ivc_u, v - (an.vb_v + an.vb_semi[1] + an.ivc_v)).astype(
             np.float32
         )
+
+    def _init_lower_abdomen(self, an: _Anatomy) -> None:
+        """Colon pieces that run in-plane, small-bowel loops, bladder, iliac wings, femoral
+        heads and gluteal muscles (as squared distances where a square root is not needed)."""
+        u, v = self.u, self.v
+        self.colon = [None if t.vertical else _TubeField(u, v, t.points) for t in an.colon]
+        self.loops = [_organ_rho(u, v, loop.organ) for loop in an.loops]
+        pelvis = an.pelvis
+        self.bladder = _organ_rho(u, v, pelvis.bladder)
+        fu, fv, _, _ = pelvis.femoral
+        gu, gv, gsu, gsv = pelvis.gluteal
+        self.wings, self.femoral, self.gluteal = [], [], []
+        for side in (1.0, -1.0):
+            # The left side is the mirror image of the right one.
+            mirrored = (side * u).astype(np.float32)
+            self.wings.append(_TubeField(mirrored, v, pelvis.wing).d2)
+            self.femoral.append(((mirrored - fu) ** 2 + (v - fv) ** 2).astype(np.float32))
+            self.gluteal.append(((mirrored - gu) / gsu) ** 2 + ((v - gv) / gsv) ** 2)
+
+
+class _TubeField:
+    """Nearest point of an in-plane polyline: a tube along it is cut by a slice where its
+    height passes the slice, so a tube that runs in-plane needs no 3D distance per slice.
+
+    ``d2`` is the squared in-plane distance to the polyline, ``z``, ``v`` and ``t`` (0 .. 1,
+    the fraction of the way along its vertices) those of the nearest point.
+    """
+
+    def __init__(self, u: np.ndarray, v: np.ndarray, points: np.ndarray) -> None:
+        points = points.astype(np.float32)
+        best = np.full(u.shape, np.inf, dtype=np.float32)
+        along = np.zeros(u.shape, dtype=np.float32)
+        last = len(points) - 1
+        for k in range(last):
+            p0, p1 = points[k], points[k + 1]
+            eu, ev = p1[0] - p0[0], p1[1] - p0[1]
+            du, dv = u - p0[0], v - p0[1]
+            length2 = eu * eu + ev * ev
+            t = np.clip((du * eu + dv * ev) / length2, 0.0, 1.0) if length2 > 0 else 0.0 * du
+            d2 = (du - t * eu) ** 2 + (dv - t * ev) ** 2
+            closer = d2 < best
+            best = np.where(closer, d2, best)
+            along = np.where(closer, (k + t) / np.float32(max(last, 1)), along)
+        self.d2 = best
+        self.t = along
+        if points.shape[1] > 2:
+            index = np.minimum((along * last).astype(np.int64), max(last - 1, 0))
+            frac = along * last - index
+            self.z = points[index, 2] + frac * (points[index + 1, 2] - points[index, 2])
+            self.v = points[index, 1] + frac * (points[index + 1, 1] - points[index, 1])
+
+
+class _ArmFields:
+    """One arm on the in-plane grid: skin and muscle outlines, distances to its bones."""
+
+    def __init__(self, u: np.ndarray, v: np.ndarray, arm: _Arm) -> None:
+        o = arm.outline
+        self.skin = _ellipse_rho(u, v, o.centre, o.semi, o.angle, o.coeffs)
+        inner = (o.semi[0] - arm.fat, o.semi[1] - arm.fat)
+        self.muscle = _ellipse_rho(u, v, o.centre, inner, o.angle, o.coeffs)
+        self.humerus = fpmath.hypot(u - arm.bone[0], v - arm.bone[1]).astype(np.float32)
+        # Radius and ulna side by side, front and back of the forearm's centre.
+        cos, sin = _cos_sin(o.angle)
+        half = arm.forearm[2]
+        self.forearm = [
+            fpmath.hypot(
+                u - (arm.bone[0] - k * half * sin), v - (arm.bone[1] + k * half * cos)
+            ).astype(np.float32)
+            for k in (1.0, -1.0)
+        ]
+
+
+def _table_parts(an: _Anatomy, grid: _Grid) -> list[tuple[np.ndarray, str]]:
+    """The patient table on the in-plane grid, as ``(mask, material)`` to paint in order.
+
+    A curved couch in world coordinates (horizontal whatever the body's rotation): a
+    carbon-fibre shell round a foam core, its top ``table_gap`` below the lowest point of
+    the back, with a foam mattress filling that gap or air.
+    """
+    x = (grid.x[:, None] - an.table_x).astype(np.float32)
+    y = grid.y[None, :].astype(np.float32)
+    top = grid.floor_y - an.table_gap + x * x / np.float32(2.0 * an.table_curve_radius)
+    depth = top - y  # below the top surface
+    across = np.abs(x)
+    table = (depth >= 0) & (depth < an.table_thickness) & (across < an.table_half_width)
+    core = table & (depth > an.table_shell) & (depth < an.table_thickness - an.table_shell)
+    core &= across < an.table_half_width - an.table_shell
+    parts = [(table, "table_shell"), (core, "table_core")]
+    if an.mattress:
+        pad = (depth < 0) & (depth > -an.table_gap) & (across < an.table_half_width - 15.0)
+        parts.append((pad, "mattress"))
+    return parts

@@ -22,6 +22,7 @@ class _Grid(NamedTuple):
     u: np.ndarray  # (Nx, Ny) anatomical coordinates (mm)
     v: np.ndarray
     scale: float  # world mm per anatomical mm
+    floor_y: float  # world y (mm) of the lowest point of the body and arms: the table's top
 
 
 def _fit_scale(an: _Anatomy, config: PhantomConfig) -> float:
@@ -59,11 +60,25 @@ def _make_grid(an: _Anatomy, config: PhantomConfig) -> _Grid:
     bu, bv = radius * fpmath.cos(theta), radius * fpmath.sin(theta)
     bx = an.offset[0] + cos * bu - sin * bv
     by = an.offset[1] + sin * bu + cos * bv
+    if an.arms_down:
+        for arm in an.arms:
+            # The outline's bumps stay within 15 % of its semi-axes.
+            (cu, cv), (su, sv) = arm.outline.centre, arm.outline.semi
+            au = radius.dtype.type(1.15 * su) * fpmath.cos(theta) + cu
+            av = radius.dtype.type(1.15 * sv) * fpmath.sin(theta) + cv
+            bx = np.concatenate([bx, an.offset[0] + (cos * au - sin * av) * scale])
+            by = np.concatenate([by, an.offset[1] + (sin * au + cos * av) * scale])
+    floor_y = float(by.min())
+    x_low, x_high, y_low, y_high = float(bx.min()), float(bx.max()), floor_y, float(by.max())
+    if an.table:
+        x_low = min(x_low, an.table_x - an.table_half_width)
+        x_high = max(x_high, an.table_x + an.table_half_width)
+        y_low = floor_y - an.table_gap - an.table_thickness
     margin = 3
-    ix0 = max(0, int(np.floor(bx.min() / sx + (nx - 1) / 2)) - margin)
-    ix1 = min(nx, int(np.ceil(bx.max() / sx + (nx - 1) / 2)) + margin + 1)
-    iy0 = max(0, int(np.floor(by.min() / sy + (ny - 1) / 2)) - margin)
-    iy1 = min(ny, int(np.ceil(by.max() / sy + (ny - 1) / 2)) + margin + 1)
+    ix0 = max(0, int(np.floor(x_low / sx + (nx - 1) / 2)) - margin)
+    ix1 = min(nx, int(np.ceil(x_high / sx + (nx - 1) / 2)) + margin + 1)
+    iy0 = max(0, int(np.floor(y_low / sy + (ny - 1) / 2)) - margin)
+    iy1 = min(ny, int(np.ceil(y_high / sy + (ny - 1) / 2)) + margin + 1)
 
     x = _subsample(ix0, ix1, nx, sx, f)
     y = _subsample(iy0, iy1, ny, sy, f)
@@ -72,7 +87,7 @@ def _make_grid(an: _Anatomy, config: PhantomConfig) -> _Grid:
     # float32 is ample for mm coordinates and halves the cost of the per-pixel maths.
     u = ((cos * dx + sin * dy) / scale).astype(np.float32)
     v = ((-sin * dx + cos * dy) / scale).astype(np.float32)
-    return _Grid((slice(ix0, ix1), slice(iy0, iy1)), x, y, z, u, v, scale)
+    return _Grid((slice(ix0, ix1), slice(iy0, iy1)), x, y, z, u, v, scale, floor_y)
 
 
 def _segment_coverage(

@@ -1,6 +1,9 @@
-"""Texture of the HU image: correlated noise per material, and the gravity-dependent lung."""
+"""Texture of the HU image: correlated noise per material, the gravity-dependent lung, and
+the quantum noise of the reconstruction."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage
@@ -52,3 +55,52 @@ def _add_lung_gradient(
     v_native = sum(v_blocks[:, i, :, j] for i in range(f) for j in range(f)) / np.float32(f * f)
     gradient = an.lung_gradient * np.clip(-v_native / an.b_c, -1.0, 1.0)
     hu_crop += materials.mean(is_lung) * gradient[:, :, None].astype(np.float32)
+
+
+# Reconstruction noise is band-pass: the ramp filter of filtered back-projection removes
+# its low frequencies and the reconstruction kernel its highest ones. A difference of
+# Gaussians has that shape: grain of about a millimetre, no slow drifts.
+_NOISE_GRAIN_MM = 1.0
+_NOISE_SURROUND_MM = 3.0
+_NOISE_SURROUND_WEIGHT = 0.85  # < 1: some low-frequency power remains, as after apodisation
+_NOISE_REFERENCE_VOXEL_MM = (1.5, 1.5, 5.0)  # the voxel PhantomConfig.image_noise_hu is for
+
+
+def _band_pass(field: np.ndarray, spacing: tuple[float, ...], mode: str) -> np.ndarray:
+    """In-plane difference of Gaussians of ``(x, y, z)`` ``field`` (slices stay independent)."""
+    grain = [_NOISE_GRAIN_MM / s for s in spacing[:2]] + [0.0]
+    surround = [_NOISE_SURROUND_MM / s for s in spacing[:2]] + [0.0]
+    fine = ndimage.gaussian_filter(field, grain, mode=mode)
+    coarse = ndimage.gaussian_filter(field, surround, mode=mode)
+    return fine - np.float32(_NOISE_SURROUND_WEIGHT) * coarse
+
+
+def _band_pass_gain(spacing: tuple[float, ...]) -> float:
+    """Standard deviation of :func:`_band_pass` of unit white noise: the root sum of squares
+    of its impulse response (summed exactly, so it is the same on every machine)."""
+    half = [int(math.ceil(5.0 * _NOISE_SURROUND_MM / s)) for s in spacing[:2]]
+    impulse = np.zeros((2 * half[0] + 1, 2 * half[1] + 1, 1), dtype=np.float32)
+    impulse[half[0], half[1], 0] = 1.0
+    response = _band_pass(impulse, spacing, "constant").astype(np.float64).ravel()
+    return math.sqrt(math.fsum(response * response))
+
+
+def _add_image_noise(
+    rng: np.random.Generator,
+    hu: np.ndarray,
+    inside: np.ndarray,
+    sd_hu: float,
+    spacing: tuple[float, float, float],
+) -> None:
+    """Adds reconstruction noise to ``hu`` where ``inside`` holds, in place.
+
+    ``sd_hu`` is the level of a :data:`_NOISE_REFERENCE_VOXEL_MM` voxel; other voxels get
+    the level of averaging independent noise over their volume. The subject's own level
+    (within 20 % of that) is drawn from ``rng`` first.
+    """
+    reference = math.prod(_NOISE_REFERENCE_VOXEL_MM) / math.prod(spacing)
+    level = sd_hu * math.sqrt(reference) * float(rng.uniform(0.8, 1.2))  # dose, patient size
+    white = fpmath.normal(rng, hu.shape).astype(np.float32)
+    noise = _band_pass(white, spacing, "reflect")
+    noise *= np.float32(level / _band_pass_gain(spacing))
+    hu += np.where(inside, noise, np.float32(0.0))

@@ -24,10 +24,11 @@ class _TreeSpec(NamedTuple):
     max_segments: int  # per system
 
 
-# Pulmonary vessels (blood, +40 HU, in -850 HU lung) and hepatic veins (blood,
-# slightly hypodense to +60 HU liver on non-contrast CT; still liver parenchyma).
+# Pulmonary vessels (blood, +40 HU, in -850 HU lung) and hepatic veins (venous blood,
+# slightly hypodense to +60 HU liver on non-contrast CT, bright in the portal-venous
+# phase; still liver parenchyma).
 _LUNG_TREES = _TreeSpec(_L["lung"], _L["lung_vessel"], "blood", True, 8, (4.0, 6.5), 0.9, 500)
-_LIVER_TREES = _TreeSpec(_L["liver"], _L["liver"], "blood", False, 3, (3.0, 4.5), 1.2, 60)
+_LIVER_TREES = _TreeSpec(_L["liver"], _L["liver"], "blood_venous", False, 3, (3.0, 4.5), 1.2, 60)
 
 _Branch = tuple[np.ndarray, np.ndarray, float]  # start (world mm), unit direction, radius
 
