@@ -93,6 +93,11 @@ def missing_data(root):
     return prepare(root)
 
 
+def invalid_phantom_setting(root):
+    return ["make-data", "--out", str(root / "out"), *PARAMS,
+            "data.phantom.table_probability=1.5"]
+
+
 def two_d_volume(root):
     data = good_data(root)
     nib.save(nib.Nifti1Image(np.zeros((40, 32), np.int16), np.eye(4)), data / "bad.nii.gz")
@@ -447,6 +452,9 @@ CASES = {
     "missing prepared input": Case(missing_prepared, r"index\.json' is missing",
                                    "run the stage"),
     "bad shard spec": Case(bad_shard, r"Shard '3/2'", "e.g. 2/8"),
+    "invalid phantom setting": Case(invalid_phantom_setting,
+                                    r"table_probability must lie in \[0, 1\], got 1\.5",
+                                    r"fix it in conf/data/"),
     "unwritable output": Case(unwritable_output, r"blocker/out'", "choose a writable"),
     "sinogram of wrong shape": Case(sinogram_of_wrong_shape, r"scan\.npy' has shape \(2, 16, ",
                                     "check views and detectors"),

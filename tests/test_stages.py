@@ -112,3 +112,16 @@ def test_iterative_baselines_beat_fbp_at_sparse_views(tiny):
                                 ("tv", load_array(root / "baselines", "tv"))]}
     assert rmse["tv"] < rmse["fbp"], rmse
     assert rmse["sirt"] < rmse["fbp"], rmse
+
+
+def test_phantom_settings_reach_the_generator_and_unknown_ones_are_named():
+    from omegaconf import OmegaConf
+
+    from sparsect.stages.make_data import phantom_config
+
+    cfg = load_params(ROOT / "params.yaml", ["data.phantom.table_probability=0.25"])
+    config = phantom_config(cfg.data.phantom)
+    assert config.table_probability == 0.25
+    assert config.shape == tuple(cfg.data.phantom.shape)  # lists become the tuples it wants
+    with pytest.raises(InputError, match=r"data\.phantom\.arms is not a phantom setting"):
+        phantom_config(OmegaConf.create({"subjects": 2, "seed": 0, "arms": 1}))
