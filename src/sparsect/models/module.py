@@ -63,8 +63,8 @@ class ReconModule(pl.LightningModule):
             raise ValueError(f"unknown prior '{prior}': choose one of {PRIORS}")
         self.save_hyperparameters()
         # defaults as in conf/trainer/cpu.yaml (chosen on validation there)
-        self.loss_weights = {"l1": 1.0, "ssim": 0.1, "ce": 0.005, "dice": 0.005, "region": 0.0,
-                             **(loss or {})}
+        self.loss_weights = {"l1": 1.0, "mse": 0.0, "ssim": 0.1, "ce": 0.005, "dice": 0.005,
+                             "region": 0.0, **(loss or {})}
         self.net = build_net(net)
 
     @property
@@ -94,6 +94,10 @@ class ReconModule(pl.LightningModule):
         target = batch["target"]
         w = self.loss_weights
         terms = {"l1": F.l1_loss(recon, target)}
+        if w.get("mse", 0) > 0:
+            # squared error: its minimiser is the posterior mean, which is what PSNR rewards
+            # (L1's is the median)
+            terms["mse"] = F.mse_loss(recon, target)
         if w["ssim"] > 0:
             # SSIM on the normalised images over the evaluation window's range
             data_range = (self.hparams.hu_max - self.hparams.hu_min) / self.hparams.hu_scale
