@@ -139,3 +139,22 @@ def test_raw_counts_with_their_flat_field_reconstruct_like_line_integrals(tmp_pa
               for name in ("p", "c")]
     assert images[0].shape == (32, 32, 3)
     assert np.abs(images[0] - images[1]).max() <= 1.0  # int16 HU, rounding only
+
+
+def test_the_mirror_average_is_the_mean_of_the_slices_and_their_mirror_images(tmp_path):
+    """Each prediction is the mean of one pass on the slices and one on their left-right
+    mirror images (mirrored back); so the average of a slice and its mirror image is
+    itself mirror-symmetric, which one pass of the random network is not. (Not for the
+    threshold prior: its morphology breaks ties by scan order, so the classes of a
+    mirrored FBP are not exactly the mirrored classes.)"""
+    tolerance = 1e-3
+    module = load_module(save_module(tmp_path / "m.ckpt", "predicted", 1, True))
+    fbp = Reconstructor(module, "fbp").from_sinograms(sinograms(3))
+    mirrored = np.ascontiguousarray(fbp[:, :, ::-1])
+    single = predict(module, fbp, mirror_average=False).images
+    single_mirrored = predict(module, mirrored, mirror_average=False).images[:, :, ::-1]
+    averaged = predict(module, fbp).images
+    np.testing.assert_allclose(averaged, (single + single_mirrored) / 2, atol=tolerance)
+    assert np.abs(single - single_mirrored).max() > 1.0  # the two passes differ
+    np.testing.assert_allclose(predict(module, mirrored).images[:, :, ::-1], averaged,
+                               atol=tolerance)

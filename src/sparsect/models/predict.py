@@ -33,6 +33,14 @@ from sparsect.models.module import ReconModule
 from sparsect.priors.masks import one_hot, tissue_masks_from_hu
 
 BATCH_SIZE = 16
+MIRROR_AVERAGE = True
+"""Average the network's output with its output for the left-right mirrored slices
+(mirrored back). Training flips slices at random, and for a symmetric set of view
+angles (parallel beam over 180 degrees, a full fan-beam turn) the mirrored FBP's streaks
+are those of a mirrored scan, so both passes are valid estimates and their mean has
+less variance. Chosen on the validation split (60 views, sg_unet, default make run
+data): one pass 39.37 dB, mirror average 39.57 dB, average over all four flips 39.52 dB;
+on the real scans of realct/ it adds 0.09 to 0.15 dB inside the body."""
 
 
 @dataclass
@@ -73,7 +81,8 @@ def prior_classes(prior: str, fbp_hu: np.ndarray,
 @torch.no_grad()
 def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = None,
             full_dose_classes: np.ndarray | None = None, sinogram: np.ndarray | None = None,
-            geometry: Any = None, batch_size: int = BATCH_SIZE) -> Prediction:
+            geometry: Any = None, batch_size: int = BATCH_SIZE,
+            mirror_average: bool = MIRROR_AVERAGE) -> Prediction:
     """Runs ``module`` on ``(N, H, W)`` FBP slices in HU.
 
     Args:
@@ -83,6 +92,8 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
         sinogram: ``(N, views, detectors)`` measurements the FBP was made from.
         geometry: their :class:`~sparsect.physics.Geometry`.
         batch_size: slices per network call.
+        mirror_average: also run the left-right mirrored slices and average (see
+            :data:`MIRROR_AVERAGE`); twice the network's cost.
     """
     fbp_hu = np.asarray(fbp_hu, np.float32)
     if fbp_hu.ndim != 3:
@@ -102,6 +113,12 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
         if classes_in is not None:
             prior = torch.from_numpy(one_hot(classes_in[start:stop])).to(module.device)
         recon, probs = module.reconstruct_hu(fbp, prior)
+        if mirror_average:
+            mirrored, mirrored_probs = module.reconstruct_hu(
+                fbp.flip(-1), None if prior is None else prior.flip(-1))
+            recon = (recon + mirrored.flip(-1)) / 2
+            if probs is not None:
+                probs = (probs + mirrored_probs.flip(-1)) / 2
         images.append(recon[:, 0].cpu().numpy())
         if probs is not None:
             classes.append(probs.argmax(dim=1).cpu().numpy().astype(np.uint8))
