@@ -108,3 +108,23 @@ def test_a_label_map_beside_a_subject_folder_that_has_one_is_refused(tmp_path, b
     write_nifti(tmp_path / "c_seg.nii.gz", np.zeros(block_volume.shape), dtype=np.uint8)
     with pytest.raises(InputError, match=r"are two label maps of subject 'c'"):
         find_scans(tmp_path)
+
+
+@pytest.mark.parametrize(("spacing", "slices"), [(1.0, 1), (1.5, 2), (0.75, 3)])
+def test_downsampling_averages_over_the_output_pixel(spacing, slices):
+    """White noise of 20 HU resampled to 3 mm pixels has about the standard deviation of
+    its average over each pixel's area, 20 / (3 / spacing), also for volumes of fewer
+    slices than a 3D filter needs; sampling alone would keep most of the 20 HU."""
+    import torch
+    import torchio as tio
+
+    from sparsect.data.io import standardise
+
+    size = int(round(3.0 * 128 / spacing))
+    noise = np.random.default_rng(0).normal(0.0, 20.0, (1, size, size, slices))
+    image = tio.ScalarImage(tensor=torch.from_numpy((50.0 + noise).astype(np.float32)),
+                            affine=np.diag([spacing, spacing, 3.0, 1.0]))
+    out = standardise(tio.Subject(ct=image), 128, 3.0, (-1024.0, 3071.0))["ct"].data
+    assert tuple(out.shape) == (1, 128, 128, slices)
+    area_average = 20.0 / (3.0 / spacing)
+    assert area_average * 0.95 < float(out[0, 8:-8, 8:-8].std()) < area_average * 1.3
