@@ -261,18 +261,11 @@ class _Anatomy:
                     draw.harmonics(2, 0.03),
                 )
             )
-        self.bowel = []
-        for _ in range(int(draw.rng.integers(5, 11))):
-            self.bowel.append(
-                _Organ(
-                    (draw.uniform(-0.6, 0.25) * a_c, draw.uniform(-0.05, 0.65) * b_c),
-                    (draw.uniform(10.0, 22.0), draw.uniform(9.0, 18.0)),
-                    draw.uniform(0.0, np.pi),
-                    self.h_left - draw.uniform(50.0, 150.0),
-                    draw.uniform(15.0, 40.0),
-                    draw.harmonics(2, 0.08),
-                )
-            )
+        self.bowel = [
+            _draw_loop(draw, (-0.6, 0.25), (-0.05, 0.65), (a_c, b_c), (10.0, 22.0), (9.0, 18.0),
+                       self.h_left, (50.0, 150.0), (15.0, 40.0))
+            for _ in range(int(draw.rng.integers(5, 11)))
+        ]
         self.bowel_gas = [draw.uniform(0.0, 1.0) < 0.3 for _ in self.bowel]
 
     def _draw_attenuation(self, draw: _Draws) -> None:
@@ -361,6 +354,23 @@ def _fraction(value: float, bounds: tuple[float, float]) -> float:
     """Where ``value`` lies in ``bounds``, 0 .. 1 (0.5 for an empty range)."""
     low, high = bounds
     return (value - low) / (high - low) if high > low else 0.5
+
+
+def _draw_loop(draw: _Draws, u: tuple[float, float], v: tuple[float, float],
+               scale: tuple[float, float], semi_u: tuple[float, float],
+               semi_v: tuple[float, float], z_top: float, drop: tuple[float, float],
+               z_semi: tuple[float, float]) -> _Organ:
+    """A bowel loop: an ellipsoid centred at uniform ``(u, v)`` times ``scale`` (the
+    cavity's semi-axes) and ``drop`` mm below ``z_top``, with uniform semi-axes and
+    orientation and a lumpy outline (drawn in that order)."""
+    return _Organ(
+        (draw.uniform(*u) * scale[0], draw.uniform(*v) * scale[1]),
+        (draw.uniform(*semi_u), draw.uniform(*semi_v)),
+        draw.uniform(0.0, np.pi),
+        z_top - draw.uniform(*drop),
+        draw.uniform(*z_semi),
+        draw.harmonics(2, 0.08),
+    )
 
 
 # --------------------------------------------------------------------------- outline profiles
