@@ -155,7 +155,9 @@ def build_tiny_inputs(root: Path, overrides: list[str], subjects: int, slices: i
 # `sparsect train -m ...` compose exactly what `dvc repro` ran from params.yaml.
 TINY_EXPERIMENT = """# @package _global_
 data:
-  phantom: {subjects: 4, shape: [96, 96, 4], spacing_mm: [4.0, 4.0, 5.0]}
+  # slabs at the lung bases, never the pelvis: every region is in every split
+  phantom: {subjects: 4, shape: [96, 96, 4], spacing_mm: [4.0, 4.0, 5.0],
+            dome_level_mm: [10.0, 30.0], pelvic_probability: 0.0}
   image_size: 32
   pixel_size_mm: 12.0
 sweep: {views: [12, 24]}
