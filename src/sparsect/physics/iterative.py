@@ -3,7 +3,7 @@
 SIRT, CGLS and TV (Chambolle-Pock / PDHG) run on all slices at once, one slice
 per column (``(H * W, B)`` images, ``(views * bins, B)`` sinograms), with the
 same updates as their slice-by-slice counterparts in :mod:`.reconstruct`
-(ASTRA's SIRT and CGLS, the numpy TV loop): ``tests/physics/test_iterative.py``
+(ASTRA's SIRT and CGLS, the numpy TV loop): ``tests/physics/test_physics_iterative.py``
 holds them to 1 HU and 0.02 dB of those.
 
 Each solver records the iterate after every count in ``record``: a grid over
@@ -41,7 +41,9 @@ def _columns(op: CTOperator, data: torch.Tensor, shape: tuple[int, int]) -> torc
     if data.ndim != 3 or tuple(data.shape[1:]) != shape:
         raise ValueError(f"Expected a (slices, {shape[0]}, {shape[1]}) stack, "
                          f"got {tuple(data.shape)}.")
-    return data.to(op.device, op.dtype).reshape(len(data), -1).T.contiguous()
+    # a copy, always: the solvers update it in place, and it may be the caller's tensor
+    return data.to(op.device, op.dtype).reshape(len(data), -1).T.clone(
+        memory_format=torch.contiguous_format)
 
 
 def _inverse(sums: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ autograd. Here the same weights are exported once per geometry
 (``astra.projector.matrix``) and kept as two ``torch.sparse_csr`` matrices, ``A``
 and its transpose, so that a whole batch of slices projects in one sparse-dense
 product and the backprojection is the exact adjoint. At 128 x 128 / 60 views
-(11040 x 16384, 1.8 M non-zeros, 13.5 MiB each) 16 slices project in ~3 ms
-forward and ~4 ms adjoint on one CPU core, against ~105 ms and ~65 ms through
+(11040 x 16384, 1.8 M non-zeros, 13.5 MiB each) 16 slices project in ~4 ms
+forward and ~3 ms adjoint on one CPU core, against ~105 ms and ~65 ms through
 ASTRA's CPU loop (``scripts/bench_baselines.py``).
 
 The matrix is built on the **reconstruction** grid with the CPU kernel of
@@ -17,7 +17,7 @@ with the operator that inverts them would commit the "inverse crime".
 
 Memory: 16 bytes per non-zero (float32 value and int32 column index, in ``A``
 and in ``A^T``), with at most ``1.3 x views x detector_count x image_size``
-non-zeros for these kernels: 28 MiB at 128 x 128 / 60 views, 56 MiB at 120
+non-zeros for these kernels (0.9 x for fan beams): 28 MiB at 128 x 128 / 60 views, 56 MiB at 120
 views, 5.2 GiB at 512 x 512 / 720 views (:func:`estimated_mib`).
 :func:`operator_fits` compares the estimate with ``max_mib``
 (``physics.operator_max_mib``); past it the callers fall back to ASTRA's
@@ -38,11 +38,11 @@ import torch
 from .geometry import Geometry
 from .projector import _CPU_KERNEL, astra_geometries
 
-# Non-zeros per (ray x image_size) of the kernels used here: measured 1.23-1.26
-# (parallel 'linear') and 0.83-0.84 (fan 'line_fanflat') at 64-256 pixels and
-# 30-360 views; 1.3 bounds both. Bytes per non-zero: float32 value + int32 index,
+# Non-zeros per (ray x image_size) of the kernels used here, measured at 64-256
+# pixels and 30-360 views: 1.23-1.26 (parallel 'linear'), 0.83-0.84 (fan
+# 'line_fanflat'); rounded up. Bytes per non-zero: float32 value + int32 index,
 # in A and in A^T.
-_NNZ_PER_RAY_PIXEL = 1.3
+_NNZ_PER_RAY_PIXEL = {"parallel": 1.3, "fan": 0.9}
 _BYTES_PER_NNZ = 16
 
 _CACHE: dict[tuple, CTOperator] = {}
@@ -52,7 +52,7 @@ _CACHE_LOCK = threading.Lock()
 def estimated_mib(geometry: Geometry) -> float:
     """Memory the operator of ``geometry`` will take, in MiB (an upper estimate)."""
     rays = geometry.views * geometry.detector_count
-    nnz = _NNZ_PER_RAY_PIXEL * rays * geometry.image_size
+    nnz = _NNZ_PER_RAY_PIXEL[geometry.beam] * rays * geometry.image_size
     return nnz * _BYTES_PER_NNZ / 2**20
 
 
@@ -137,7 +137,7 @@ class CTOperator:
     >>> g = Geometry("parallel", views=30, image_size=32, pixel_size_mm=1.0)
     >>> A = ct_operator(g, "cpu")
     >>> A(torch.ones(4, 32, 32)).shape
-    torch.Size([4, 30, 47])
+    torch.Size([4, 30, 48])
     """
 
     def __init__(self, geometry: Geometry, device: str | torch.device = "cpu",
