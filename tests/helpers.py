@@ -165,6 +165,8 @@ model: {channels: 4, depth: 3, seg_channels: 4}
 trainer: {max_epochs: 3, batch_size: 4, crop: 16}
 evaluate: {panel_slices: 1}
 baselines: {sirt: {iterations: 20}, tv: {iterations: 20}}
+tuning: {max_slices: 4, grid: {fbp: {filter: [ram-lak, hann]}, sirt: {iterations: [10, 20]},
+                               tv: {weight: [0.01, 0.03], iterations: [10, 20]}}}
 external: {max_slices: 2}
 """
 

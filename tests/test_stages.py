@@ -114,6 +114,70 @@ def test_iterative_baselines_beat_fbp_at_sparse_views(tiny):
     assert rmse["sirt"] < rmse["fbp"], rmse
 
 
+GRID = ["tuning.max_slices=null", "tuning.grid.fbp.filter=[ram-lak,hann]",
+        "tuning.grid.sirt.iterations=[5,20]", "tuning.grid.tv.weight=[0.003,0.1]",
+        "tuning.grid.tv.iterations=[10,30]"]
+
+
+def test_baselines_are_tuned_on_validation_and_run_on_test_with_the_choice(tiny):
+    from sparsect.physics import Geometry, mu_to_hu
+    from sparsect.physics.reconstruct import reconstruct_stack
+
+    cfg, root = tiny
+    cfg = load_params(ROOT / "params.yaml", [*TINY, *GRID, "baselines.tv.weight=0.1"])
+    simulate(cfg, root / "prepared", root / "sim_tune", views=12, workers=2)
+    baselines(cfg, root / "sim_tune", root / "tuned", root / "prepared", workers=1)
+    settings = json.loads((root / "tuned" / "settings.json").read_text())
+    tuning = settings["tuning"]
+    assert tuning["split"] == "val" and tuning["slices"] == 3
+    expected = {"fbp": 2, "sirt": 2 + 1, "tv": 4 + 1}  # the untuned sirt, tv are added
+    for method, result in tuning["methods"].items():
+        assert len(result["trials"]) == expected[method]
+        best = max(result["trials"], key=lambda trial: trial["psnr"])
+        assert settings["methods"][method] == result["chosen"] == best["options"]
+        assert result["psnr"] == best["psnr"] >= result["default_psnr"]
+    assert settings["defaults"]["tv"] == {"iterations": 100, "weight": 0.1}
+    # the test images are the chosen settings' reconstructions of the test sinograms
+    geometry = Geometry.from_dict(settings["geometry"])
+    sinograms = np.asarray(load_array(root / "sim_tune" / "test", "sinogram"))
+    for method, options in settings["methods"].items():
+        expected_hu = mu_to_hu(reconstruct_stack(method, geometry, sinograms, device="cpu",
+                                                 **options))
+        np.testing.assert_allclose(load_array(root / "tuned", method), expected_hu, atol=1e-2)
+    # the choice never looks at the test split: other test data, same choice
+    np.save(root / "sim_tune" / "test" / "sinogram.npy", sinograms[::-1] * 0.5)
+    baselines(cfg, root / "sim_tune", root / "tuned_again", root / "prepared", workers=1)
+    again = json.loads((root / "tuned_again" / "settings.json").read_text())
+    assert again["tuning"] == tuning
+
+
+def test_a_bad_baseline_override_is_named():
+    with pytest.raises(InputError, match=r"'tuning\.grid\.tv\.weight' holds a list"):
+        load_params(ROOT / "params.yaml", ["tuning.grid.tv.weight=0.03"])
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    ({"tuning": {"grid": {"tv": {"weight": []}}}},
+     r"tuning\.grid\.tv\.weight must be a non-empty list of values"),
+    ({"tuning": {"grid": {"sart": {"iterations": [1, 2]}}}},
+     r"tuning\.grid\.sart tunes a method that baselines does not run"),
+    ({"tuning": {"grid": {"tv": {"step": [1.0]}}}},
+     r"tuning\.grid\.tv: Unknown option\(s\) \['step'\] for method 'tv'"),
+    ({"baselines": {"tv": {"step": 1.0}}},
+     r"baselines\.tv: Unknown option\(s\) \['step'\] for method 'tv'"),
+    ({"baselines": {"art": {}}}, r"baselines\.art: Unknown reconstruction method 'art'"),
+])
+def test_a_bad_baseline_setting_is_named(patch, message):
+    # settings the override syntax cannot express (a params.yaml edited by hand)
+    from omegaconf import OmegaConf
+
+    from sparsect.stages.baselines import baseline_settings
+
+    cfg = OmegaConf.merge(load_params(ROOT / "params.yaml"), patch)
+    with pytest.raises(InputError, match=message):
+        baseline_settings(cfg)
+
+
 def test_phantom_settings_reach_the_generator_and_unknown_ones_are_named():
     from omegaconf import OmegaConf
 

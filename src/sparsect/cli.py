@@ -75,7 +75,7 @@ def _merge_shards(args: argparse.Namespace) -> object:
 def _baselines(args: argparse.Namespace) -> object:
     from sparsect.stages.baselines import baselines
 
-    return baselines(_cfg(args), args.sim, args.out, args.workers)
+    return baselines(_cfg(args), args.sim, args.out, args.prepared, args.workers)
 
 
 def _masks(args: argparse.Namespace) -> object:
@@ -111,7 +111,8 @@ def _evaluate(args: argparse.Namespace) -> object:
 def _external(args: argparse.Namespace) -> object:
     from sparsect.stages.external import external
 
-    return external(_cfg(args), args.scans, args.models, args.out, args.views, args.workers)
+    return external(_cfg(args), args.scans, args.models, args.baselines, args.out, args.views,
+                    args.workers)
 
 
 def _ablation(args: argparse.Namespace) -> object:
@@ -179,7 +180,8 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("shards", type=Path, nargs="+")
 
     p = _command(commands, "baselines", _baselines,
-                 "SIRT and TV reconstructions of the test split", paths=("sim", "out"))
+                 "FBP, SIRT and TV of the held-out split, each with the setting that scores "
+                 "highest on the validation split", paths=("prepared", "sim", "out"))
     p.add_argument("--workers", type=int, default=None)
 
     _command(commands, "masks", _masks, "tissue-class masks of the full-dose slices",
@@ -207,7 +209,7 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
 
     p = _command(commands, "external", _external,
                  "every method on the real scans (external validation) at one view count",
-                 paths=("scans", "models", "out"))
+                 paths=("scans", "models", "baselines", "out"))
     p.add_argument("--views", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
 

@@ -95,6 +95,7 @@ def markdown(merged: dict, figures: str = "views", models: Sequence[str] = ()) -
         if "_reference" in per_view:
             lines.append(f"| full-dose reference | | | | "
                          f"{per_view['_reference']['residual']:.4f} | |")
+        lines += baselines_markdown(per_view.get("_baselines"))
         lines += ["", "Per region (full-dose masks): PSNR (dB) / RMSE (HU)", "",
                   "| method | " + " | ".join(REGION_NAMES.values()) + " |",
                   "|---|" + "---|" * len(REGION_NAMES)]
@@ -106,6 +107,40 @@ def markdown(merged: dict, figures: str = "views", models: Sequence[str] = ()) -
         lines += ["", f"![{views} views]({figures}/{views}/panel.png)", "",
                   f"![{views} views residuals]({figures}/{views}/residuals.png)", ""]
     return "\n".join(lines)
+
+
+def _setting(options: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in sorted(options.items())) or "-"
+
+
+def _values(grid: dict) -> str:
+    return "; ".join(f"{key} {', '.join(str(v) for v in values)}"
+                     for key, values in sorted(grid.items()))
+
+
+def baselines_markdown(record: dict | None) -> list[str]:
+    """The settings each classical baseline used at one view count: chosen on the
+    validation split from the values tried, beside the untuned defaults."""
+    if not record:
+        return []
+    tuning = record.get("tuning") or {}
+    tuned = tuning.get("methods", {})
+    lines = ["", f"Classical baselines' settings, chosen by mean PSNR on "
+                 f"{tuning.get('slices', '?')} validation slices (never the test split):", "",
+             "| method | setting used | val PSNR (dB) | untuned setting | val PSNR (dB) "
+             "| values tried |", "|---|---|---|---|---|---|"]
+    for method in method_order(record.get("methods", {})):
+        used = record["methods"][method]
+        default = (record.get("defaults") or {}).get(method, used)
+        if method in tuned:
+            result = tuned[method]
+            lines.append(f"| {method} | {_setting(used)} | {result['psnr']:.2f} | "
+                         f"{_setting(default)} | {result['default_psnr']:.2f} | "
+                         f"{_values(result['grid'])} ({len(result['trials'])} settings) |")
+        else:
+            lines.append(f"| {method} | {_setting(used)} | | {_setting(default)} | | "
+                         "not tuned |")
+    return lines
 
 
 def external_markdown(external: dict, merged: dict, models: Sequence[str] = ()) -> list[str]:

@@ -158,7 +158,8 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
     """Writes ``out_dir/metrics.json`` (method -> metrics), ``panel.png`` and ``residuals.png``.
 
     Methods: ``fbp``, the classical baselines found in ``baselines_dir`` (e.g.
-    ``sirt``, ``tv``) and every model in ``models_dir``."""
+    ``sirt``, ``tv``, and ``fbp`` with its tuned filter, which replaces the network
+    input's) and every model in ``models_dir``; ``_baselines`` records their settings."""
     views = int(views if views is not None else cfg.geometry.views)
     lo, hi = float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max)
     split = HeldOut.load(prepared_dir, sim_dir, masks_dir)
@@ -168,6 +169,9 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
     metrics["_reference"] = {"residual": float(reference_residual.mean()),
                              "note": "full-dose reference: residual floor from noise and the "
                                      "finer simulation grid"}
+    if baselines_dir is not None:  # which settings the baselines used, chosen on validation
+        chosen = read_json(Path(baselines_dir) / "settings.json")
+        metrics["_baselines"] = {key: chosen.get(key) for key in ("methods", "defaults", "tuning")}
     metrics["_settings"] = {"views": views, "split": "test", "slices": int(len(split.target)),
                             "subjects": sorted(set(split.subjects.tolist())),
                             "hu_window": [lo, hi], "data_range_hu": hi - lo}

@@ -5,8 +5,9 @@ real CT says whether it transfers. This stage takes the real scans kept in the
 repository (``realct/``, never trained on), puts them on the reconstruction grid as
 ``prepare`` does, simulates the sparse acquisition exactly as ``simulate`` does (same
 geometry, noise, simulation grid and FBP filter; each slice's noise seeded from
-``(seed, views, scan, slice)``), and scores FBP, the classical baselines (with
-``baselines``' settings) and every trained model on them, as ``evaluate`` does:
+``(seed, views, scan, slice)``), and scores FBP, the classical baselines (with the
+settings ``baselines@<views>`` chose on the validation split) and every trained model
+on them, as ``evaluate`` does:
 
 - PSNR, SSIM and RMSE on ``evaluate``'s HU window and data range, over the whole image
   and inside the body (the body mask of the reference: outside it both are air, and
@@ -18,9 +19,9 @@ geometry, noise, simulation grid and FBP filter; each slice's noise seeded from
   denoising; it is stated beside every result;
 - one panel per scan.
 
-Classical baselines cost seconds per slice, so at most ``external.max_slices`` slices of
-each scan are scored (evenly spaced, the same for every method); the models still read
-each scored slice's axial neighbours from the whole volume.
+At most ``external.max_slices`` slices of each scan are scored (evenly spaced, the same
+for every method); the models still read each scored slice's axial neighbours from the
+whole volume.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sparsect.data.io import axial_slices, find_scans, load_subject, standardise
 from sparsect.data.store import atomic_dir, atomic_write_json, read_json, save_array
@@ -45,10 +46,10 @@ from sparsect.evaluation.statistics import (
 from sparsect.models.checkpoint import load_module
 from sparsect.models.predict import predict
 from sparsect.models.variants import known_variant, variant_table
-from sparsect.physics import Simulator
+from sparsect.physics import Simulator, mu_to_hu
+from sparsect.physics.reconstruct import DEFAULT_MAX_MIB, reconstruct_stack
 from sparsect.priors.masks import body_mask, tissue_masks_from_hu, tissue_masks_from_labels_and_hu
 from sparsect.settings import geometry_from_cfg, noise_from_cfg
-from sparsect.stages.baselines import reconstruct_all
 from sparsect.stages.evaluate import image_metrics, residuals
 from sparsect.stages.masks import label_table
 
@@ -123,8 +124,18 @@ def _score(image: np.ndarray, scan: RealScan, picks: np.ndarray, sinograms: np.n
     return out
 
 
-def external(cfg: DictConfig, scans_dir: Path, models_dir: Path, out_dir: Path,
-             views: int | None = None, workers: int | None = None) -> Path:
+def tuned_settings(baselines_dir: Path, views: int) -> dict[str, dict]:
+    """The classical methods and the settings ``baselines@<views>`` chose for them."""
+    settings = read_json(Path(baselines_dir) / "settings.json")
+    if int(settings["geometry"]["views"]) != views:
+        raise InputError(f"{baselines_dir} holds the baselines of "
+                         f"{settings['geometry']['views']} views, not {views}: pass "
+                         f"--baselines of the same view count.")
+    return settings["methods"]
+
+
+def external(cfg: DictConfig, scans_dir: Path, models_dir: Path, baselines_dir: Path,
+             out_dir: Path, views: int | None = None, workers: int | None = None) -> Path:
     """Writes ``out_dir/metrics.json`` (scan -> method -> metrics, and ``_reference``:
     the reference's noise and residual) and ``out_dir/<scan>/panel.png``.
 
@@ -142,7 +153,9 @@ def external(cfg: DictConfig, scans_dir: Path, models_dir: Path, out_dir: Path,
     models = {name: (load_module(Path(models_dir) / info["checkpoint"]),
                      known_variant(table, name))
               for name, info in read_json(Path(models_dir) / "summary.json").items()}
-    methods = OmegaConf.to_container(cfg.baselines, resolve=True)
+    methods = tuned_settings(baselines_dir, geometry.views)
+    run = {"device": str(physics.device), "workers": int(workers),
+           "max_mib": float(physics.get("operator_max_mib") or DEFAULT_MAX_MIB)}
     metrics: dict = {"_settings": {
         "views": geometry.views, "scans_dir": str(scans_dir), "hu_window": [lo, hi],
         "data_range_hu": hi - lo, "max_slices": limit,
@@ -162,9 +175,11 @@ def external(cfg: DictConfig, scans_dir: Path, models_dir: Path, out_dir: Path,
             folder = tmp / name
             folder.mkdir()
             save_array(folder, "sinogram", sinograms[picks])
+            # the FBP baseline (its filter tuned) replaces the network input's FBP
             images = {"fbp": fbp[picks]}
-            images.update(reconstruct_all(geometry.to_dict(), str(physics.device), folder,
-                                          methods, workers, name))
+            images.update({method: mu_to_hu(reconstruct_stack(method, geometry, sinograms[picks],
+                                                               **run, **options))
+                           for method, options in methods.items()})
             extra: dict = {method: {} for method in images}
             for model_name, (module, variant) in models.items():
                 oracle = scan.classes if variant.prior == "oracle" else None
