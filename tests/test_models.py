@@ -59,3 +59,32 @@ def test_fast_ssim_matches_torchmetrics():
     expected = structural_similarity_index_measure(pred, target, data_range=1.0)
     assert torch.isclose(ssim(pred, target, data_range=1.0), expected, atol=1e-4)
     assert torch.isclose(ssim(target, target, data_range=1.0), torch.tensor(1.0), atol=1e-6)
+
+
+def test_networks_run_channels_last_and_return_ordinary_tensors(monkeypatch):
+    import sparsect.models.unet as unet
+
+    for build in (lambda: UNet(in_channels=3, channels=8, depth=3),
+                  lambda: SGUNet(in_channels=3, channels=8, depth=3, seg_channels=4)):
+        torch.manual_seed(0)
+        net = build()
+        for parameter in net.parameters():
+            if parameter.ndim == 4 and parameter.shape[1] > 1:
+                assert parameter.is_contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():  # a trained-looking head, so the output depends on the weights
+            net.head.weight.normal_()
+        x = torch.randn(2, 3, 32, 32, requires_grad=True)
+        out = net(x)
+        recon = out[0] if isinstance(out, tuple) else out
+        assert recon.is_contiguous() and recon.shape == (2, 1, 32, 32)
+        recon.sum().backward()
+        assert x.grad is not None and x.grad.is_contiguous()
+        # the same numbers as the ordinary layout throughout
+        with monkeypatch.context() as patch:
+            patch.setattr(unet, "CHANNELS_LAST", torch.contiguous_format)
+            plain = build()
+            plain.load_state_dict(net.state_dict())
+            assert all(p.is_contiguous() for p in plain.parameters())
+            expected = plain(x.detach())
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        torch.testing.assert_close(recon.detach(), expected, rtol=1e-4, atol=1e-5)
