@@ -140,11 +140,6 @@ class ReconModule(pl.LightningModule):
             self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=size, prog_bar=name == "psnr")
 
-    def on_fit_start(self) -> None:
-        # channels_last lets cuDNN pick its fastest (NHWC, tensor-core) convolutions
-        if self.device.type == "cuda":
-            self.to(memory_format=torch.channels_last)
-
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
                                       weight_decay=self.hparams.weight_decay)
