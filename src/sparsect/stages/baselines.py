@@ -7,8 +7,9 @@ proves little, so each method's settings are chosen here, per view count and
 geometry, on the **validation** split: every combination of ``tuning.grid`` (the
 FBP filter, SIRT's iteration count, TV's weight and iteration count) is scored
 by the mean PSNR of ``evaluate``'s window, and the highest-scoring one then
-reconstructs the held-out split. ``settings.json`` records the values tried, their validation numbers, the
-choice and the untuned defaults (``baselines``), which the report shows.
+reconstructs the held-out split. ``settings.json`` records the values tried,
+their validation numbers, the choice and the untuned defaults (``baselines``),
+which the report shows.
 
 Separate from ``evaluate`` so that retraining a network does not recompute them.
 SIRT, CGLS and TV run batched on the torch sparse operator
