@@ -19,9 +19,10 @@ from sparsect.data.io import axial_slices, find_scans, load_subject, standardise
 from sparsect.errors import InputError
 from sparsect.evaluation.report import write_report
 from sparsect.evaluation.statistics import reference_noise_sd
-from sparsect.physics import Simulator
+from sparsect.physics import Projector, Simulator, mu_to_hu
 from sparsect.priors.masks import body_mask
 from sparsect.settings import geometry_from_cfg, noise_from_cfg
+from sparsect.stages.baselines import baselines
 from sparsect.stages.external import external, scan_seed
 from sparsect.stages.simulate import simulate
 from sparsect.stages.train import train
@@ -29,13 +30,16 @@ from sparsect.stages.train import train
 VIEWS = 12
 MODELS = ("unet", "sg_unet")
 SETTINGS = [*TINY_TRAINING, "trainer.max_epochs=2", "external.max_slices=2",
-            "baselines.sirt.iterations=10", "baselines.tv.iterations=10"]
+            "baselines.sirt.iterations=10", "baselines.tv.iterations=10",
+            "tuning.grid.sirt.iterations=[5,10]", "tuning.grid.tv.iterations=[10]",
+            "tuning.grid.tv.weight=[0.01,0.1]"]
 METRICS = ("psnr_body", "psnr", "ssim_body", "ssim", "rmse_hu_body", "rmse_hu", "residual")
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    """Two tiny models trained on phantoms, then ``external`` on ``realct/``."""
+    """Two tiny models trained on phantoms, baselines tuned on their validation split,
+    then ``external`` on ``realct/``."""
     root = tmp_path_factory.mktemp("external")
     cfg = build_tiny_inputs(root, SETTINGS, subjects=4, slices=3, seed=3)
     with pytest.MonkeyPatch.context() as patch:
@@ -43,7 +47,9 @@ def scored(tmp_path_factory):
         simulate(cfg, root / "prepared", root / "sim", views=VIEWS, workers=1)
         train(cfg, root / "prepared", root / "sim", root / "masks", root / "models", VIEWS,
               MODELS)
-    external(cfg, ROOT / "realct", root / "models", root / "external", VIEWS, workers=1)
+    baselines(cfg, root / "sim", root / "baselines", root / "prepared", workers=1)
+    external(cfg, ROOT / "realct", root / "models", root / "baselines", root / "external",
+             VIEWS, workers=1)
     metrics = json.loads((root / "external" / "metrics.json").read_text())
     return cfg, root, metrics
 
@@ -62,6 +68,9 @@ def test_every_scan_is_scored_with_every_method(scored):
         assert metrics[scan]["_reference"]["slices"] == 2
         assert (root / "external" / scan / "panel.png").stat().st_size > 0
     assert metrics["_settings"]["views"] == VIEWS
+    # the classical methods ran with the settings chosen on the phantoms' validation split
+    chosen = json.loads((root / "baselines" / "settings.json").read_text())["methods"]
+    assert metrics["_settings"]["baselines"] == chosen
 
 
 @pytest.mark.slow
@@ -94,8 +103,10 @@ def test_the_measurements_are_the_references_own(scored):
 
 @pytest.mark.slow
 def test_body_psnr_is_the_psnr_inside_the_body_of_the_reference(scored):
-    """Recomputes FBP's body PSNR of one scan from its own simulation, independently."""
-    cfg, _, metrics = scored
+    """Recomputes FBP's body PSNR of one scan from its own simulation, independently,
+    with the filter the baselines stage chose."""
+    cfg, root, metrics = scored
+    chosen = json.loads((root / "baselines" / "settings.json").read_text())["methods"]
     entry = next(e for e in find_scans(ROOT / "realct") if e.subject == "abdomen_dicom")
     subject = standardise(load_subject(entry), int(cfg.data.image_size),
                           float(cfg.data.pixel_size_mm), tuple(cfg.data.hu_clip))
@@ -106,8 +117,10 @@ def test_body_psnr_is_the_psnr_inside_the_body_of_the_reference(scored):
                    upsample=int(cfg.physics.upsample), filter=str(cfg.physics.filter),
                    device="cpu") as simulator:
         psnrs = []
+        projector = Projector(geometry_from_cfg(cfg, VIEWS), "cpu")
         for z in picks:
-            _, fbp = simulator(hu[z], scan_seed(int(cfg.seed), VIEWS, entry.subject, z))
+            sinogram, _ = simulator(hu[z], scan_seed(int(cfg.seed), VIEWS, entry.subject, z))
+            fbp = mu_to_hu(projector.fbp(sinogram, filter=chosen["fbp"]["filter"]))
             body = body_mask(hu[z])
             error = np.clip(fbp, lo, hi) - np.clip(hu[z], lo, hi)
             psnrs.append(10 * np.log10((hi - lo) ** 2 / np.mean(error[body] ** 2)))
@@ -154,7 +167,8 @@ def test_a_folder_without_scans_is_refused_and_nothing_is_written(scored, tmp_pa
     cfg, root, _ = scored
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no CT scan"):
-        external(cfg, tmp_path / "empty", root / "models", tmp_path / "out", VIEWS)
+        external(cfg, tmp_path / "empty", root / "models", root / "baselines",
+                 tmp_path / "out", VIEWS)
     assert not (tmp_path / "out").exists()
 
 
@@ -166,5 +180,14 @@ def test_a_corrupt_scan_is_named_and_nothing_is_written(scored, tmp_path):
     shutil.copy(ROOT / "realct" / "abdomen_ct.nii.gz", scans)
     (scans / "broken.nii.gz").write_bytes(b"not a nifti file")
     with pytest.raises(InputError, match="broken.nii.gz"):
-        external(cfg, scans, root / "models", tmp_path / "out", VIEWS)
+        external(cfg, scans, root / "models", root / "baselines", tmp_path / "out", VIEWS)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_baselines_of_another_view_count_are_refused(scored, tmp_path):
+    cfg, root, _ = scored
+    with pytest.raises(InputError, match=r"baselines of 12 views, not 24: pass --baselines"):
+        external(cfg, ROOT / "realct", root / "models", root / "baselines", tmp_path / "out",
+                 24)
     assert not (tmp_path / "out").exists()
