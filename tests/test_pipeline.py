@@ -38,6 +38,12 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
             assert set(values["regions"]) == {"lung", "soft_tissue", "bone", "body"}
         assert 0 <= per_method["sg_unet"]["dice"] <= 1
         assert per_method["_reference"]["residual"] > 0
+        # each baseline ran with the setting chosen on validation (the tiny grid's)
+        chosen = per_method["_baselines"]
+        assert set(chosen["tuning"]["methods"]) == {"fbp", "sirt", "tv"}
+        for method, result in chosen["tuning"]["methods"].items():
+            best = max(result["trials"], key=lambda trial: trial["psnr"])
+            assert chosen["methods"][method] == result["chosen"] == best["options"]
     # more views -> less streaking in the FBP (the physics is doing something)
     assert metrics["24"]["fbp"]["psnr"] > metrics["12"]["fbp"]["psnr"]
     for views in ("12", "24"):
@@ -46,6 +52,7 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
     report = (tiny_repo / "reports" / "report.md").read_text()
     assert "## 12 views" in report and "## 24 views" in report and "residual" in report
     assert "## Real scans (external validation)" in report and "reference noise" in report
+    assert report.count("Classical baselines' settings, chosen by mean PSNR on 4 validation") == 2
     psnr_csv = (tiny_repo / "reports" / "plots" / "psnr.csv").read_text().splitlines()
     assert psnr_csv[0].split(",")[0] == "views" and len(psnr_csv) == 3
     env = tool_env(tiny_repo)

@@ -11,6 +11,7 @@ import yaml
 
 from sparsect.evaluation.report import (
     SUMMARY_LIMIT,
+    baselines_markdown,
     markdown,
     method_order,
     summary,
@@ -165,3 +166,27 @@ def test_committed_summary_fits_a_dvc_metrics_show_line():
     widths = [max(len(key), len(str(value))) for key, value in flat.items()]
     line = len(path) + 2 + sum(widths) + 4 * (len(widths) - 1)
     assert line <= DVC_METRICS_WIDTH, f"`dvc metrics show` would print {line} columns"
+
+
+def test_the_report_states_each_baselines_setting_and_its_validation_numbers():
+    per_view = _per_view(60)
+    per_view["_baselines"] = {
+        "methods": {"fbp": {"filter": "hann"}, "sirt": {"iterations": 400},
+                    "tv": {"iterations": 400, "weight": 0.01}},
+        "defaults": {"fbp": {"filter": "ram-lak"}, "sirt": {"iterations": 100},
+                     "tv": {"iterations": 100, "weight": 0.03}},
+        "tuning": {"split": "val", "slices": 24, "methods": {
+            "fbp": {"grid": {"filter": ["ram-lak", "hann"]}, "psnr": 29.034,
+                    "default_psnr": 26.941, "trials": [{}, {}]},
+            "tv": {"grid": {"weight": [0.01, 0.03], "iterations": [100, 400]}, "psnr": 31.77,
+                   "default_psnr": 30.7, "trials": [{}] * 4}}}}
+    lines = baselines_markdown(per_view["_baselines"])
+    assert "24 validation slices" in lines[1]
+    rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
+    assert rows["fbp"] == ("| fbp | filter hann | 29.03 | filter ram-lak | 26.94 | "
+                           "filter ram-lak, hann (2 settings) |")
+    assert rows["tv"] == ("| tv | iterations 400, weight 0.01 | 31.77 | iterations 100, weight "
+                          "0.03 | 30.70 | iterations 100, 400; weight 0.01, 0.03 (4 settings) |")
+    assert rows["sirt"] == "| sirt | iterations 400 | | iterations 100 | | not tuned |"
+    assert "| tv | iterations 400, weight 0.01 | 31.77 |" in markdown({"60": per_view})
+    assert baselines_markdown(None) == [] and "val PSNR" not in markdown({"60": _per_view(60)})

@@ -46,12 +46,11 @@ from sparsect.notice import nifti_description
 from sparsect.physics import (
     Geometry,
     NoiseModel,
-    Projector,
     Simulator,
     line_integrals_from_counts,
     mu_to_hu,
-    reconstruct,
 )
+from sparsect.physics.reconstruct import reconstruct_stack
 
 METHODS = ("model", "fbp", "sirt")
 
@@ -151,14 +150,12 @@ class Reconstructor:
 
     def from_sinograms(self, sinograms: np.ndarray) -> np.ndarray:
         """``(N, views, detectors)`` -> ``(N, H, W)`` HU."""
-        size = self.geometry.image_size
-        images = np.empty((len(sinograms), size, size), np.float32)
+        # SIRT batched on the torch operator, as the baselines stage runs it
         options = ({"iterations": self.sirt_iterations} if self.method == "sirt"
                    else {"filter": self.filter})
-        with Projector(self.geometry, self.device) as projector:
-            for index, sinogram in enumerate(sinograms):
-                images[index] = mu_to_hu(reconstruct("sirt" if self.method == "sirt" else "fbp",
-                                                     projector, sinogram, **options))
+        images = mu_to_hu(reconstruct_stack("sirt" if self.method == "sirt" else "fbp",
+                                            self.geometry, sinograms, device=self.device,
+                                            **options))
         if self.method != "model":
             return images
         return predict(self.module, images, sinogram=sinograms, geometry=self.geometry).images

@@ -99,3 +99,23 @@ def test_unknown_method_and_option(sparse_case: tuple) -> None:
         reconstruct("art", projector, sinogram)
     with pytest.raises(ValueError, match="iterations"):
         reconstruct("fbp", projector, sinogram, iterations=5)
+
+
+def test_a_stack_too_large_for_the_operator_runs_on_astra_and_says_so(capsys) -> None:
+    from sparsect.physics.reconstruct import reconstruct_stack
+
+    geometry = Geometry("parallel", views=20, image_size=32, pixel_size_mm=2.0)
+    mu = piecewise_phantom(32, 2.0)
+    sinograms = np.stack([_data(geometry, mu, 1e5, seed) for seed in range(3)])
+    batched = reconstruct_stack("sirt", geometry, sinograms, device="cpu", iterations=30)
+    assert capsys.readouterr().err == ""
+    looped = reconstruct_stack("sirt", geometry, sinograms, device="cpu", iterations=30,
+                               max_mib=1e-3)
+    message = capsys.readouterr().err
+    assert "more than physics.operator_max_mib=0.001" in message and "slice by slice" in message
+    with Projector(geometry, device="cpu") as projector:
+        single = np.stack([reconstruct("sirt", projector, s, iterations=30) for s in sinograms])
+    np.testing.assert_array_equal(looped, single)  # the fallback is ASTRA's SIRT itself
+    np.testing.assert_allclose(batched, single, atol=1e-3 * MU_WATER_PER_MM)  # within 1 HU
+    with pytest.raises(ValueError, match=r"Expected sinograms of shape \(slices, 20, "):
+        reconstruct_stack("tv", geometry, sinograms[:, :10], device="cpu")
