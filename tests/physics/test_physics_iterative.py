@@ -183,7 +183,7 @@ def test_record_gives_the_iterates_of_shorter_runs(solver: str, small: tuple) ->
 def test_batch_equals_slice_by_slice(solver: str, iterations: int, small: tuple) -> None:
     op, sinograms, fbps = small
     batched = SOLVERS[solver](op, sinograms, fbps, record=iterations)[iterations]
-    assert batched.shape == (3, *op.image_shape)
+    assert batched.shape == (3, *op.geometry.image_shape)
     for i in range(3):
         alone = SOLVERS[solver](op, sinograms[i:i + 1], fbps[i:i + 1], record=iterations)
         _assert_relative_close(batched[i], alone[iterations][0], 1e-4)
@@ -200,7 +200,7 @@ def test_invalid_record_raises(solver: str, record: object, small: tuple) -> Non
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_wrong_sinogram_shape_raises(solver: str, small: tuple) -> None:
     op, sinograms, fbps = small
-    views, bins = op.sinogram_shape
+    views, bins = op.geometry.sinogram_shape
     with pytest.raises(ValueError, match=rf"\(slices, {views}, {bins}\)"):
         SOLVERS[solver](op, sinograms[0], fbps, record=1)  # no batch dimension
     with pytest.raises(ValueError, match=rf"\(slices, {views}, {bins}\)"):

@@ -47,8 +47,8 @@ def _relative_max(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) ->
 def test_adjoint_identity(beam: str) -> None:
     op = ct_operator(_geometry(beam), "cpu")
     generator = torch.Generator().manual_seed(1)
-    u = torch.rand(4, *op.image_shape, generator=generator)
-    v = torch.rand(4, *op.sinogram_shape, generator=generator)
+    u = torch.rand(4, *op.geometry.image_shape, generator=generator)
+    v = torch.rand(4, *op.geometry.sinogram_shape, generator=generator)
     lhs = float((op(u).double() * v.double()).sum())
     rhs = float((u.double() * op.adjoint(v).double()).sum())
     # Measured 2e-9 to 4e-9 relative: float32 rounding of the products, nothing more.
@@ -61,9 +61,9 @@ def test_matches_astra_projector_slice_by_slice(beam: str) -> None:
     op = ct_operator(geometry, "cpu")
     images = _phantoms()
     sinograms = op(images)
-    assert sinograms.shape == (3, *op.sinogram_shape) and sinograms.dtype == torch.float32
+    assert sinograms.shape == (3, *op.geometry.sinogram_shape) and sinograms.dtype == torch.float32
     backprojections = op.adjoint(sinograms)
-    assert backprojections.shape == (3, *op.image_shape)
+    assert backprojections.shape == (3, *op.geometry.image_shape)
     with Projector(geometry, device="cpu") as projector:
         for i in range(3):
             # Measured: forward 4e-7 to 6e-7, adjoint 0 (same sums in the same order).
@@ -85,18 +85,19 @@ def test_batch_layouts_match_single_slices(beam: str) -> None:
     stacked = torch.stack([images, images.flip(0)])
     torch.testing.assert_close(op(stacked)[1], sinograms.flip(0))
     columns = op.forward_columns(images.reshape(3, -1).T.contiguous())
-    torch.testing.assert_close(columns.T.reshape(3, *op.sinogram_shape), sinograms)
+    torch.testing.assert_close(columns.T.reshape(3, *op.geometry.sinogram_shape), sinograms)
     columns = op.adjoint_columns(sinograms.reshape(3, -1).T.contiguous())
-    torch.testing.assert_close(columns.T.reshape(3, *op.image_shape), op.adjoint(sinograms))
+    images = columns.T.reshape(3, *op.geometry.image_shape)
+    torch.testing.assert_close(images, op.adjoint(sinograms))
 
 
 def test_gradcheck_forward_and_adjoint_in_float64() -> None:
     op = CTOperator(Geometry("parallel", views=6, image_size=8, pixel_size_mm=1.0), "cpu",
                     dtype=torch.float64)
     generator = torch.Generator().manual_seed(2)
-    x = torch.rand(2, *op.image_shape, dtype=torch.float64, generator=generator,
+    x = torch.rand(2, *op.geometry.image_shape, dtype=torch.float64, generator=generator,
                    requires_grad=True)
-    y = torch.rand(2, *op.sinogram_shape, dtype=torch.float64, generator=generator,
+    y = torch.rand(2, *op.geometry.sinogram_shape, dtype=torch.float64, generator=generator,
                    requires_grad=True)
     assert torch.autograd.gradcheck(op.forward, (x,))
     assert torch.autograd.gradcheck(op.adjoint, (y,))
@@ -130,7 +131,7 @@ def test_ct_operator_is_cached_per_geometry_and_device() -> None:
     assert ct_operator(_geometry("parallel"), torch.device("cpu")) is op
     other = ct_operator(_geometry("parallel", views=VIEWS + 10), "cpu")
     assert other is not op
-    assert other.sinogram_shape == (VIEWS + 10, op.sinogram_shape[1])
+    assert other.geometry.sinogram_shape == (VIEWS + 10, op.geometry.sinogram_shape[1])
 
 
 @pytest.mark.parametrize("beam", BEAMS)
@@ -171,13 +172,13 @@ def test_estimated_mib_bounds_the_operator(beam: str, size: int, views: int) -> 
 
 def test_wrong_trailing_shape_names_the_expected_one() -> None:
     op = ct_operator(_geometry("parallel"), "cpu")
-    views, bins = op.sinogram_shape
+    views, bins = op.geometry.sinogram_shape
     with pytest.raises(ValueError, match=rf"Expected \(\.\.\., {N}, {N}\).*got \(2, {N}, 31\)"):
         op(torch.zeros(2, N, N - 1))
     with pytest.raises(ValueError, match=rf"Expected \(\.\.\., {views}, {bins}\)"):
         op.adjoint(torch.zeros(2, bins, views))
     with pytest.raises(ValueError, match=rf"Expected \(\.\.\., {views}, {bins}\)"):
-        op.adjoint(torch.zeros(2, *op.image_shape))
+        op.adjoint(torch.zeros(2, *op.geometry.image_shape))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch finds no CUDA GPU here")

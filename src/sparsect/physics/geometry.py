@@ -165,6 +165,16 @@ class Geometry:
         step = math.radians(self.angular_range_deg) / self.views
         return np.arange(self.views, dtype=np.float64) * step
 
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """``(image_size, image_size)``: the reconstruction grid."""
+        return (self.image_size, self.image_size)
+
+    @property
+    def sinogram_shape(self) -> tuple[int, int]:
+        """``(views, detector_count)``."""
+        return (self.views, self.detector_count)
+
     def with_views(self, views: int) -> Geometry:
         """The same geometry (same detector and angular range) with ``views`` angles."""
         return dataclasses.replace(self, views=views)

@@ -33,7 +33,7 @@ def _counts(record: Iterable[int] | int) -> list[int]:
 
 def _images(op: CTOperator, x: torch.Tensor) -> torch.Tensor:
     """``(H * W, B)`` -> ``(B, H, W)``."""
-    return x.T.reshape(-1, *op.image_shape).clone()
+    return x.T.reshape(-1, *op.geometry.image_shape).clone()
 
 
 def _columns(op: CTOperator, data: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -67,7 +67,7 @@ def sirt(op: CTOperator, sinograms: torch.Tensor, record: Iterable[int] | int = 
         Iteration count -> ``(B, H, W)`` images in 1/mm.
     """
     counts = _counts(record)
-    b = _columns(op, sinograms, op.sinogram_shape)
+    b = _columns(op, sinograms, op.geometry.sinogram_shape)
     pixels, rays = op.matrix.shape[1], op.matrix.shape[0]
     rows = _inverse(op.forward_columns(torch.ones(pixels, 1, device=op.device, dtype=op.dtype)))
     cols = _inverse(op.adjoint_columns(torch.ones(rays, 1, device=op.device, dtype=op.dtype)))
@@ -94,7 +94,7 @@ def cgls(op: CTOperator, sinograms: torch.Tensor,
         Iteration count -> ``(B, H, W)`` images in 1/mm.
     """
     counts = _counts(record)
-    r = _columns(op, sinograms, op.sinogram_shape).clone()
+    r = _columns(op, sinograms, op.geometry.sinogram_shape).clone()
     x = torch.zeros(op.matrix.shape[1], r.shape[1], device=op.device, dtype=op.dtype)
     p = op.adjoint_columns(r)
     gamma = (p * p).sum(0)
@@ -156,13 +156,13 @@ def tv(op: CTOperator, sinograms: torch.Tensor, initial: torch.Tensor,
         Iteration count -> ``(B, H, W)`` images in 1/mm.
     """
     counts = _counts(record)
-    height, width = op.image_shape
-    b = _columns(op, sinograms, op.sinogram_shape)
+    height, width = op.geometry.image_shape
+    b = _columns(op, sinograms, op.geometry.sinogram_shape)
     norm_a = op.norm()
     scale = norm_a / math.sqrt(8.0)  # ||grad|| <= sqrt(8) in 2D
     step = 1.0 / (math.sqrt(2.0) * norm_a)
     bound = weight * op.geometry.pixel_size_mm**2 / scale
-    x = _columns(op, initial, op.image_shape).reshape(height, width, -1)
+    x = _columns(op, initial, op.geometry.image_shape).reshape(height, width, -1)
     if nonnegative:
         x.clamp_(min=0.0)
     x_bar = x.clone()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import astra
@@ -59,6 +60,19 @@ def estimated_mib(geometry: Geometry) -> float:
 def operator_fits(geometry: Geometry, max_mib: float) -> bool:
     """Whether :func:`estimated_mib` of ``geometry`` stays within ``max_mib``."""
     return estimated_mib(geometry) <= max_mib
+
+
+def power_norm(normal: Callable[[Any], Any], start: Any, iterations: int = 30) -> float:
+    """``||A||`` by power iteration on ``normal(x) = A^T A x`` from ``start`` (numpy or
+    torch, unit norm), enlarged by 1 % so that step sizes derived from it stay safe.
+
+    A constant image is a good start: it is close to the leading singular vector."""
+    x, eigenvalue = start, 0.0
+    for _ in range(iterations):
+        y = normal(x)
+        eigenvalue = float((y * y).sum()) ** 0.5
+        x = y / eigenvalue
+    return 1.01 * math.sqrt(eigenvalue)
 
 
 def torch_device(device: str) -> torch.device:
@@ -152,16 +166,6 @@ class CTOperator:
         self._norm: float | None = None
 
     @property
-    def image_shape(self) -> tuple[int, int]:
-        """``(image_size, image_size)``."""
-        return (self.geometry.image_size, self.geometry.image_size)
-
-    @property
-    def sinogram_shape(self) -> tuple[int, int]:
-        """``(views, detector_count)``."""
-        return (self.geometry.views, self.geometry.detector_count)
-
-    @property
     def mib(self) -> float:
         """Memory both matrices take, in MiB."""
         rows, cols = self.matrix.shape
@@ -178,11 +182,13 @@ class CTOperator:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Line integrals of ``(..., H, W)`` images: ``(..., views, bins)``, differentiable."""
-        return self._apply(x, self.image_shape, self.sinogram_shape, self.matrix, self.transpose)
+        g = self.geometry
+        return self._apply(x, g.image_shape, g.sinogram_shape, self.matrix, self.transpose)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Backprojection of ``(..., views, bins)`` sinograms: ``(..., H, W)``, differentiable."""
-        return self._apply(y, self.sinogram_shape, self.image_shape, self.transpose, self.matrix)
+        g = self.geometry
+        return self._apply(y, g.sinogram_shape, g.image_shape, self.transpose, self.matrix)
 
     __call__ = forward
 
@@ -201,14 +207,10 @@ class CTOperator:
         """``||A||`` by power iteration on ``A^T A`` from a constant image, enlarged by 1 %
         so that step sizes derived from it stay safe (computed once)."""
         if self._norm is None:
-            x = torch.ones(self.matrix.shape[1], 1, device=self.device, dtype=self.dtype)
-            x /= torch.linalg.vector_norm(x)
-            eigenvalue = 0.0
-            for _ in range(iterations):
-                y = self.adjoint_columns(self.forward_columns(x))
-                eigenvalue = float(torch.linalg.vector_norm(y))
-                x = y / eigenvalue
-            self._norm = 1.01 * math.sqrt(eigenvalue)
+            pixels = self.matrix.shape[1]
+            start = torch.full((pixels, 1), pixels**-0.5, device=self.device, dtype=self.dtype)
+            self._norm = power_norm(lambda x: self.adjoint_columns(self.forward_columns(x)),
+                                    start, iterations)
         return self._norm
 
     def __repr__(self) -> str:

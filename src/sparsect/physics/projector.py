@@ -98,12 +98,12 @@ class Projector:
     @property
     def image_shape(self) -> tuple[int, int]:
         """``(image_size, image_size)``."""
-        return (self.geometry.image_size, self.geometry.image_size)
+        return self.geometry.image_shape
 
     @property
     def sinogram_shape(self) -> tuple[int, int]:
         """``(views, detector_count)``."""
-        return (self.geometry.views, self.geometry.detector_count)
+        return self.geometry.sinogram_shape
 
     def forward(self, mu: np.ndarray) -> np.ndarray:
         """Line integrals of ``mu``.

@@ -30,7 +30,7 @@ import torch
 
 from . import iterative
 from .geometry import Geometry
-from .operator import ct_operator, estimated_mib, operator_fits, torch_device
+from .operator import ct_operator, estimated_mib, operator_fits, power_norm, torch_device
 from .projector import Projector
 
 # ||A|| per projector: a power iteration costs ~60 projections, worth caching.
@@ -43,17 +43,11 @@ def operator_norm(projector: Projector, iterations: int = 30) -> float:
     Starts from a constant image, which is close to the leading singular vector,
     and returns the estimate enlarged by 1% so step sizes derived from it stay safe.
     """
-    if projector in _NORMS:
-        return _NORMS[projector]
-    x = np.ones(projector.image_shape, np.float32)
-    x /= np.linalg.norm(x)
-    eigenvalue = 0.0
-    for _ in range(iterations):
-        y = projector.adjoint(projector.forward(x))
-        eigenvalue = float(np.linalg.norm(y))
-        x = y / eigenvalue
-    _NORMS[projector] = norm = 1.01 * math.sqrt(eigenvalue)
-    return norm
+    if projector not in _NORMS:
+        start = np.full(projector.image_shape, projector.geometry.image_size**-1, np.float32)
+        _NORMS[projector] = power_norm(lambda x: projector.adjoint(projector.forward(x)),
+                                       start, iterations)
+    return _NORMS[projector]
 
 
 def _gradient(x: np.ndarray) -> np.ndarray:
