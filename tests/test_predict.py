@@ -158,3 +158,21 @@ def test_the_mirror_average_is_the_mean_of_the_slices_and_their_mirror_images(tm
     assert np.abs(single - single_mirrored).max() > 1.0  # the two passes differ
     np.testing.assert_allclose(predict(module, mirrored).images[:, :, ::-1], averaged,
                                atol=tolerance)
+
+
+@pytest.mark.parametrize("prior", ["predicted", "threshold", "oracle"])
+def test_a_subset_of_slices_is_what_the_whole_stack_gives_for_them(tmp_path, prior):
+    """``slices`` reconstructs only those slices, with neighbours from the whole stack."""
+    module = load_module(save_module(tmp_path / "m.ckpt", prior, 3, prior == "predicted"))
+    fbp = Reconstructor(module, "fbp").from_sinograms(sinograms(5))
+    oracle = (np.arange(5 * 32 * 32).reshape(5, 32, 32) % 5).astype(np.uint8)
+    classes = oracle if prior == "oracle" else None
+    whole = predict(module, fbp, full_dose_classes=classes)
+    picks = [4, 0, 2]
+    part = predict(module, fbp, full_dose_classes=classes, slices=picks)
+    np.testing.assert_allclose(part.images, whole.images[picks], atol=1e-3)  # HU; batching
+    if prior == "predicted":
+        np.testing.assert_array_equal(part.classes, whole.classes[picks])
+    # the neighbours of slice 0 are read (a lone slice would see only itself)
+    alone = predict(module, fbp[:1], full_dose_classes=None if classes is None else oracle[:1])
+    assert np.abs(alone.images[0] - part.images[1]).max() > 1.0

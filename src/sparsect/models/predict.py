@@ -82,7 +82,8 @@ def prior_classes(prior: str, fbp_hu: np.ndarray,
 def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = None,
             full_dose_classes: np.ndarray | None = None, sinogram: np.ndarray | None = None,
             geometry: Any = None, batch_size: int = BATCH_SIZE,
-            mirror_average: bool = MIRROR_AVERAGE) -> Prediction:
+            mirror_average: bool = MIRROR_AVERAGE,
+            slices: np.ndarray | list[int] | None = None) -> Prediction:
     """Runs ``module`` on ``(N, H, W)`` FBP slices in HU.
 
     Args:
@@ -94,6 +95,9 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
         batch_size: slices per network call.
         mirror_average: also run the left-right mirrored slices and average (see
             :data:`MIRROR_AVERAGE`); twice the network's cost.
+        slices: reconstruct only these slices (default: all), in this order; their
+            2.5D neighbours still come from the whole stack. ``full_dose_classes``
+            stays ``(N, H, W)``.
     """
     fbp_hu = np.asarray(fbp_hu, np.float32)
     if fbp_hu.ndim != 3:
@@ -104,14 +108,15 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
     if len(index) != len(fbp_hu):
         raise ValueError(f"index has {len(index)} entries for {len(fbp_hu)} slices")
     neighbours = neighbour_table(index, module.context)
+    picks = np.arange(len(fbp_hu)) if slices is None else np.asarray(slices, dtype=np.int64)
     classes_in = prior_classes(str(module.hparams.prior), fbp_hu, full_dose_classes)
     images, classes = [], []
-    for start in range(0, len(fbp_hu), batch_size):
-        stop = min(start + batch_size, len(fbp_hu))
-        fbp = torch.from_numpy(fbp_hu[neighbours[start:stop]]).to(module.device)
+    for start in range(0, len(picks), batch_size):
+        rows = picks[start:start + batch_size]
+        fbp = torch.from_numpy(fbp_hu[neighbours[rows]]).to(module.device)
         prior = None
         if classes_in is not None:
-            prior = torch.from_numpy(one_hot(classes_in[start:stop])).to(module.device)
+            prior = torch.from_numpy(one_hot(classes_in[rows])).to(module.device)
         recon, probs = module.reconstruct_hu(fbp, prior)
         if mirror_average:
             mirrored, mirrored_probs = module.reconstruct_hu(

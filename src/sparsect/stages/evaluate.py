@@ -31,7 +31,8 @@ from sparsect.evaluation.statistics import per_slice_region_metrics, region_mask
 from sparsect.models.checkpoint import load_module
 from sparsect.models.predict import Prediction, predict
 from sparsect.models.variants import known_variant, variant_table
-from sparsect.physics import Geometry, Projector, hu_to_mu
+from sparsect.physics import Geometry, hu_to_mu
+from sparsect.physics.operator import ct_operator
 from sparsect.priors.classes import NUM_TISSUE_CLASSES
 
 
@@ -58,11 +59,11 @@ def image_metrics(pred: np.ndarray, target: np.ndarray, hu_min: float, hu_max: f
 
 def residuals(images_hu: np.ndarray, sinograms: np.ndarray, geometry: Geometry
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-slice ``||A x - y|| / ||y||`` and the residual sinograms ``A x - y``."""
-    maps = np.empty_like(sinograms)
-    with Projector(geometry, "cpu") as projector:
-        for i, image in enumerate(images_hu):
-            maps[i] = projector.forward(np.maximum(hu_to_mu(image), 0.0)) - sinograms[i]
+    """Per-slice ``||A x - y|| / ||y||`` and the residual sinograms ``A x - y`` (``A``: the
+    CPU projector's matrix, projecting the whole stack at once)."""
+    mu = torch.from_numpy(np.maximum(hu_to_mu(np.asarray(images_hu, np.float32)), 0.0))
+    with torch.no_grad():
+        maps = ct_operator(geometry, "cpu").forward(mu).numpy() - sinograms
     norms = np.linalg.norm(maps.reshape(len(maps), -1), axis=1)
     return norms / np.linalg.norm(sinograms.reshape(len(maps), -1), axis=1), maps
 

@@ -184,8 +184,8 @@ def external(cfg: DictConfig, scans_dir: Path, models_dir: Path, baselines_dir: 
             for model_name, (module, variant) in models.items():
                 oracle = scan.classes if variant.prior == "oracle" else None
                 prediction = predict(module, fbp, full_dose_classes=oracle,
-                                     sinogram=sinograms, geometry=geometry)
-                images[model_name] = prediction.images[picks]
+                                     sinogram=sinograms, geometry=geometry, slices=picks)
+                images[model_name] = prediction.images
                 extra[model_name] = {"prior": variant.prior, "upper_bound": variant.upper_bound}
             reference_residual, _ = residuals(scan.hu[picks], sinograms[picks], geometry)
             result: dict = {"_reference": {
