@@ -184,9 +184,10 @@ def test_the_report_states_each_baselines_setting_and_its_validation_numbers():
     assert "24 validation slices" in lines[1]
     rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ")}
     assert rows["fbp"] == ("| fbp | filter hann | 29.03 | filter ram-lak | 26.94 | "
-                           "filter ram-lak, hann (2 settings) |")
+                           "filter ram-lak, hann (2 settings, the untuned one included) |")
     assert rows["tv"] == ("| tv | iterations 400, weight 0.01 | 31.77 | iterations 100, weight "
-                          "0.03 | 30.70 | iterations 100, 400; weight 0.01, 0.03 (4 settings) |")
+                          "0.03 | 30.70 | iterations 100, 400; weight 0.01, 0.03 (4 settings, "
+                          "the untuned one included) |")
     assert rows["sirt"] == "| sirt | iterations 400 | | iterations 100 | | not tuned |"
     assert "| tv | iterations 400, weight 0.01 | 31.77 |" in markdown({"60": per_view})
     assert baselines_markdown(None) == [] and "val PSNR" not in markdown({"60": _per_view(60)})

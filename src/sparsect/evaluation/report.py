@@ -136,7 +136,8 @@ def baselines_markdown(record: dict | None) -> list[str]:
             result = tuned[method]
             lines.append(f"| {method} | {_setting(used)} | {result['psnr']:.2f} | "
                          f"{_setting(default)} | {result['default_psnr']:.2f} | "
-                         f"{_values(result['grid'])} ({len(result['trials'])} settings) |")
+                         f"{_values(result['grid'])} ({len(result['trials'])} settings, "
+                         "the untuned one included) |")
         else:
             lines.append(f"| {method} | {_setting(used)} | | {_setting(default)} | | "
                          "not tuned |")
