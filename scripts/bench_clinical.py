@@ -33,7 +33,7 @@ phantom slices and their sinograms are made beforehand, in a subprocess of their
         [--repeats 3] [--full-batch N] [key=value ...]
 
 ``--device cuda`` runs the physics on ASTRA's CUDA code and the network on the GPU,
-composed with ``trainer=gpu`` (bf16 autocast, channels_last), as a GPU run trains.
+composed with ``trainer=gpu`` (bf16 autocast), as a GPU run trains.
 Each figure is printed on its own line as ``name: value unit``.
 """
 
@@ -176,8 +176,7 @@ def part_train(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     module = module_from_cfg(cfg, "sg_unet", int(cfg.geometry.views)).to(device)
-    if cuda:  # as ReconModule.on_fit_start does
-        module = module.to(memory_format=torch.channels_last)
+    if cuda:
         torch.backends.cudnn.benchmark = True
     module.train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=float(cfg.trainer.lr),
@@ -190,8 +189,6 @@ def part_train(args: argparse.Namespace) -> None:
                                    device=device) * 500.0 / HU_SCALE,
              "masks": torch.randint(0, NUM_TISSUE_CLASSES, (args.batch, args.size, args.size),
                                     device=device)}
-    if cuda:
-        batch["fbp"] = batch["fbp"].contiguous(memory_format=torch.channels_last)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_train import train_step  # the step bench_train times

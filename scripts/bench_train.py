@@ -3,7 +3,7 @@
 
 Runs real optimisation steps (forward, loss, backward, AdamW) of the same
 LightningModule the pipeline trains, on random 512x512 slices, with bf16
-autocast and channels_last on CUDA. Needs only torch, Lightning and
+autocast on CUDA (the networks run channels_last themselves). Needs only torch, Lightning and
 torchmetrics, so it runs on a bare GPU machine.
 
     python scripts/bench_train.py --size 512 --batch-size 8
@@ -53,7 +53,6 @@ def main() -> None:
             "seg_channels": 8, "predict_prior": args.prior == "predicted"})
     module = ReconModule(net=net, prior=args.prior).to(device)
     if cuda:
-        module = module.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     shape = (args.batch_size, 1, args.size, args.size)
@@ -63,8 +62,6 @@ def main() -> None:
     if args.prior in ("threshold", "oracle"):  # a class map given as input
         batch["prior_probs"] = torch.nn.functional.one_hot(batch["masks"], 5).permute(
             0, 3, 1, 2).float()
-    if cuda:
-        batch["fbp"] = batch["fbp"].contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         train_step(module, optimizer, batch, bf16=cuda)
