@@ -44,11 +44,14 @@ USER_ENTRY = "+variants.tiny_net={net: {_target_: test_variants.TinyNet, width: 
 
 def test_the_default_table():
     table = variant_table(load_params(ROOT / "params.yaml"))
-    assert list(table) == ["unet", "sg_unet", "sg_threshold", "sg_oracle"]
-    assert [v.prior for v in table.values()] == ["none", "predicted", "threshold", "oracle"]
+    assert list(table) == ["unet", "sg_unet", "sg_threshold", "sg_oracle", "lpd", "sg_lpd"]
+    assert [v.prior for v in table.values()] == ["none", "predicted", "threshold", "oracle",
+                                                 "none", "predicted"]
     assert [name for name, v in table.items() if v.deployable] == ["unet", "sg_unet",
-                                                                     "sg_threshold"]
+                                                                     "sg_threshold", "lpd",
+                                                                     "sg_lpd"]
     assert [name for name, v in table.items() if v.upper_bound] == ["sg_oracle"]
+    assert [name for name, v in table.items() if v.operator] == ["lpd", "sg_lpd"]
     assert table["unet"].match_params == "sg_unet"
 
 
@@ -60,6 +63,22 @@ def test_the_default_models_follow_prior_variant():
     assert default_models(load_params(ROOT / "params.yaml", ["prior.variant=none"])) == ("unet",)
     with pytest.raises(InputError, match="prior.variant 'lung' is unknown"):
         default_models(load_params(ROOT / "params.yaml", ["prior.variant=lung"]))
+    # variants reading the sinogram (sg_lpd has the predicted prior) train only when listed
+    assert default_models(load_params(ROOT / "params.yaml", ["sweep.models=[lpd,unet]"])) == (
+        "lpd", "unet")
+
+
+def test_the_operator_flag_must_match_the_network():
+    cfg = load_params(ROOT / "params.yaml")
+    table = variant_table(cfg)
+    assert net_spec(table["lpd"], cfg.model, table)["_target_"].endswith("LearnedPrimalDual")
+    wrong = Variant("lpd", {"_target_": "sparsect.models.lpd.LearnedPrimalDual"})
+    with pytest.raises(InputError, match=r"'variants.lpd.operator' is False .* set operator: "
+                                         "true"):
+        net_spec(wrong, cfg.model)
+    with pytest.raises(InputError, match="set operator: false"):
+        net_spec(Variant("u", {"_target_": "sparsect.models.unet.UNet"}, operator=True),
+                 cfg.model)
 
 
 def test_a_network_gets_the_model_keys_its_class_takes_then_its_own():

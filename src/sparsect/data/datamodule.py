@@ -66,21 +66,28 @@ class SliceDataset(Dataset):
             while inference still runs on whole slices.
         neighbours: ``(N, k)`` from :func:`neighbour_table` for 2.5D input (k
             FBP slices as channels; target and masks are the centre slice's).
+        sinograms: ``(N, views, bins)`` measurements, for networks that read them
+            through the CT operator. Those train on whole slices without flips: a crop
+            or a flip of the image is not the image of that sinogram.
     """
 
     def __init__(self, fbp_hu: np.ndarray, target_hu: np.ndarray, masks: np.ndarray,
                  prior_classes: np.ndarray | None = None, augment: bool = False,
                  crop: int | None = None, neighbours: np.ndarray | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, sinograms: np.ndarray | None = None) -> None:
         if not (len(fbp_hu) == len(target_hu) == len(masks)):
             raise ValueError(
                 f"slice counts differ: fbp {len(fbp_hu)}, target {len(target_hu)}, "
                 f"masks {len(masks)}"
             )
         self.fbp_hu, self.target_hu, self.masks = fbp_hu, target_hu, masks
+        if sinograms is not None and len(sinograms) != len(fbp_hu):
+            raise ValueError(f"slice counts differ: fbp {len(fbp_hu)}, sinograms "
+                             f"{len(sinograms)}")
         self.prior_classes = prior_classes
-        self.augment = augment
-        self.crop = crop
+        self.sinograms = sinograms
+        self.augment = augment and sinograms is None
+        self.crop = crop if sinograms is None else None
         self.neighbours = neighbours
         self.seed = seed
 
@@ -116,6 +123,8 @@ class SliceDataset(Dataset):
             classes = np.asarray(self.prior_classes[index, rows, cols], dtype=np.int64)
             arrays["prior_probs"] = np.eye(NUM_TISSUE_CLASSES, dtype=np.float32)[classes]
             arrays["prior_probs"] = np.moveaxis(arrays["prior_probs"], -1, 0)
+        if self.sinograms is not None:
+            arrays["sinogram"] = np.asarray(self.sinograms[index], np.float32)
         if self.augment:
             for axis in (-1, -2):
                 if rng.random() < 0.5:
@@ -145,10 +154,10 @@ class SplitPaths:
     masks: Path
 
 
-def load_split(paths: SplitPaths, prior: str, context: int = 1
+def load_split(paths: SplitPaths, prior: str, context: int = 1, sinograms: bool = False
                ) -> dict[str, np.ndarray | None]:
-    """Memory-maps one split's arrays; ``prior`` picks the prior-class array and
-    ``context`` > 1 adds the 2.5D neighbour table."""
+    """Memory-maps one split's arrays; ``prior`` picks the prior-class array,
+    ``context`` > 1 adds the 2.5D neighbour table and ``sinograms`` the measurements."""
     arrays: dict[str, np.ndarray | None] = {
         "fbp_hu": load_array(paths.simulated, "fbp"),
         "target_hu": load_array(paths.prepared, "hu"),
@@ -159,6 +168,7 @@ def load_split(paths: SplitPaths, prior: str, context: int = 1
         arrays["prior_classes"] = arrays["masks"]
     elif prior == "threshold":
         arrays["prior_classes"] = load_array(paths.simulated, "threshold_masks")
+    arrays["sinograms"] = load_array(paths.simulated, "sinogram") if sinograms else None
     arrays["neighbours"] = None
     if context > 1:
         arrays["neighbours"] = neighbour_table(read_json(paths.prepared / "index.json"), context)
@@ -171,8 +181,9 @@ class SliceDataModule(pl.LightningDataModule):
 
     def __init__(self, train: SplitPaths, val: SplitPaths, prior: str, batch_size: int = 8,
                  num_workers: int = 0, augment: bool = True, crop: int | None = None,
-                 context: int = 1, seed: int = 0) -> None:
+                 context: int = 1, seed: int = 0, sinograms: bool = False) -> None:
         super().__init__()
+        self.sinograms = sinograms
         self.paths = {"train": train, "val": val}
         self.prior, self.batch_size, self.num_workers = prior, batch_size, num_workers
         self.augment, self.crop, self.context, self.seed = augment, crop, context, seed
@@ -181,7 +192,7 @@ class SliceDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split, paths in self.paths.items():
             self.datasets[split] = SliceDataset(
-                **load_split(paths, self.prior, self.context),
+                **load_split(paths, self.prior, self.context, self.sinograms),
                 augment=self.augment and split == "train",
                 crop=self.crop if split == "train" else None,
                 seed=self.seed,

@@ -48,7 +48,12 @@ class ReconModule(pl.LightningModule):
         geometry, noise: the acquisition the model was trained for (inference
             simulates and checks against it).
         acquisition: how the training data were made from the reference scans:
-            ``upsample`` (simulation grid), ``filter`` (FBP filter) and ``hu_clip``.
+            ``upsample`` (simulation grid), ``filter`` (FBP filter) and ``hu_clip``;
+            ``sinogram`` says what a sinogram holds for networks that read one:
+            ``attenuation`` (default: line integrals of mu in 1/mm, as simulated) or
+            ``linear`` (``A x`` of the image in its own units, e.g. a benchmark's).
+        dc: the data-consistency step chosen on validation after training
+            (:mod:`sparsect.models.consistency`): ``{"lambda": .., "steps": ..}``, or None.
     """
 
     def __init__(self, net: dict[str, Any], prior: str = "none", variant: str | None = None,
@@ -57,7 +62,8 @@ class ReconModule(pl.LightningModule):
                  hu_min: float = -1000.0, hu_max: float = 2000.0, hu_scale: float = HU_SCALE,
                  region_weights: tuple[float, ...] = (0.0, 1.0, 1.0, 2.0, 1.0),
                  geometry: dict[str, Any] | None = None, noise: dict[str, Any] | None = None,
-                 acquisition: dict[str, Any] | None = None) -> None:
+                 acquisition: dict[str, Any] | None = None,
+                 dc: dict[str, Any] | None = None) -> None:
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"unknown prior '{prior}': choose one of {PRIORS}")
@@ -68,29 +74,73 @@ class ReconModule(pl.LightningModule):
         self.net = build_net(net)
 
     @property
+    def needs_operator(self) -> bool:
+        """Whether the network reads the measured sinogram through the CT operator."""
+        return bool(getattr(self.net, "needs_operator", False))
+
+    def operator(self) -> Any:
+        """The CT operator of the recorded geometry on this module's device (ASTRA's
+        matrix, built once per process; imported here so that networks without an
+        operator load on machines without ASTRA)."""
+        from sparsect.physics.geometry import Geometry
+        from sparsect.physics.operator import ct_operator
+
+        if not self.hparams.geometry:
+            raise ValueError("this model records no geometry: it cannot apply the CT operator")
+        return ct_operator(Geometry.from_dict(dict(self.hparams.geometry)), self.device)
+
+    def sinogram_units(self, sinogram: torch.Tensor) -> torch.Tensor:
+        """Measured sinograms ``(B, views, bins)`` -> ``y`` with ``A x = y`` for ``x`` in the
+        network's units: for line integrals of ``mu = mu_water (1 + x)``,
+        ``y = sinogram / mu_water - A 1``."""
+        mode = dict(self.hparams.acquisition or {}).get("sinogram", "attenuation")
+        sinogram = sinogram.to(self.device, torch.float32)
+        if mode == "linear":
+            return sinogram / self.hparams.hu_scale
+        if mode != "attenuation":
+            raise ValueError(f"acquisition.sinogram '{mode}' is unknown: use attenuation or "
+                             "linear")
+        from sparsect.physics.units import MU_WATER_PER_MM
+
+        operator = self.operator()
+        ones = torch.ones(1, *operator.geometry.image_shape, device=self.device)
+        return sinogram / MU_WATER_PER_MM - operator.forward(ones)
+
+    @property
     def context(self) -> int:
         """Axial slices the network reads (1: 2D; k: the slice and its neighbours)."""
         return int(self.hparams.net.get("in_channels", 1))
 
-    def forward(self, fbp: torch.Tensor, prior_probs: torch.Tensor | None = None
+    def forward(self, fbp: torch.Tensor, prior_probs: torch.Tensor | None = None,
+                sinogram: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``fbp (B, C, H, W)`` normalised -> ``(reconstruction (B,1,H,W), seg_logits | None)``."""
+        """``fbp (B, C, H, W)`` normalised -> ``(reconstruction (B,1,H,W), seg_logits | None)``.
+
+        ``sinogram (B, views, bins)``: the measurements (as recorded by the acquisition),
+        required by networks that need the operator and ignored by the others."""
+        kwargs = {}
+        if self.needs_operator:
+            if sinogram is None:
+                raise ValueError(f"model '{self.hparams.variant}' reads the measured sinogram: "
+                                 "pass it")
+            kwargs = {"sinogram": self.sinogram_units(sinogram), "operator": self.operator()}
         if self.hparams.prior == "none":
-            out = self.net(fbp)
+            out = self.net(fbp, **kwargs)
         else:
             external = prior_probs if self.hparams.prior in ("threshold", "oracle") else None
-            out = self.net(fbp, external)
+            out = self.net(fbp, external, **kwargs)
         return out if isinstance(out, tuple) else (out, None)
 
-    def reconstruct_hu(self, fbp_hu: torch.Tensor, prior_probs: torch.Tensor | None = None
+    def reconstruct_hu(self, fbp_hu: torch.Tensor, prior_probs: torch.Tensor | None = None,
+                       sinogram: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """HU in, HU out: ``(B, C, H, W)`` -> ``((B, 1, H, W), class probabilities | None)``."""
-        recon, logits = self(fbp_hu / self.hparams.hu_scale, prior_probs)
+        recon, logits = self(fbp_hu / self.hparams.hu_scale, prior_probs, sinogram)
         probs = None if logits is None else logits.softmax(dim=1)
         return recon * self.hparams.hu_scale, probs
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
-        recon, logits = self(batch["fbp"], batch.get("prior_probs"))
+        recon, logits = self(batch["fbp"], batch.get("prior_probs"), batch.get("sinogram"))
         target = batch["target"]
         w = self.loss_weights
         terms = {"l1": F.l1_loss(recon, target)}

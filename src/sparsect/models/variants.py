@@ -10,6 +10,7 @@ and how the model may be used::
       deployable: true      # registered and promoted by `sparsect promote`
       upper_bound: false    # reads full-dose data: reported as an upper bound only
       match_params: null    # or a variant name: widen `channels` to its parameter count
+      operator: false       # the network reads the measured sinogram through the CT operator
 
 Adding a model is one entry whose ``net._target_`` is the dotted path of any
 ``torch.nn.Module`` class; nothing else in the code names the variants. A network
@@ -18,7 +19,12 @@ receives the keys of the ``model`` section its constructor names
 ``seg_channels``, ``num_classes``), then the entry's own ``net`` keys, which win.
 With ``prior: none`` it is called as ``net(fbp)``; with any other prior as
 ``net(fbp, prior_probs)``. It returns the reconstruction ``(B, 1, H, W)`` or a
-pair ``(reconstruction, segmentation logits | None)``.
+pair ``(reconstruction, segmentation logits | None)``. A network that reads the
+measurements (learned iterative schemes such as ``lpd``) sets the class attribute
+``needs_operator = True`` and its entry ``operator: true``; it is also given
+``sinogram=`` (in its units: ``A x = y``) and ``operator=`` (the CT operator of the
+model's geometry) as keywords, trains on whole slices, and is applied only where
+the sinogram is at hand.
 
 Only ``torch``, the standard library and sparsect's pure-Python constants are
 imported here: a checkpoint's network is rebuilt from its recorded spec on
@@ -42,7 +48,7 @@ PRIORS = ("none", "predicted", "threshold", "oracle")
 """What a network is given beside the FBP: nothing; its own predicted tissue
 classes; HU-threshold classes of the FBP; the full-dose classes (an upper bound)."""
 
-_ENTRY_KEYS = {"net", "prior", "deployable", "upper_bound", "match_params"}
+_ENTRY_KEYS = {"net", "prior", "deployable", "upper_bound", "match_params", "operator"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Variant:
     deployable: bool = True
     upper_bound: bool = False
     match_params: str | None = None
+    operator: bool = False
 
     @classmethod
     def from_entry(cls, name: str, entry: Mapping[str, Any]) -> Variant:
@@ -88,7 +95,7 @@ class Variant:
                              "deployable: false.")
         match = entry.get("match_params")
         return cls(name, net, prior, deployable, upper_bound,
-                   None if match is None else str(match))
+                   None if match is None else str(match), bool(entry.get("operator", False)))
 
 
 def variant_table(cfg: Any) -> dict[str, Variant]:
@@ -162,6 +169,11 @@ def net_spec(variant: Variant, model_cfg: Mapping[str, Any],
     random generator: call it where the network's own initialisation is seeded.
     """
     target = locate(str(variant.net["_target_"]))
+    if bool(getattr(target, "needs_operator", False)) != variant.operator:
+        raise InputError(f"'variants.{variant.name}.operator' is {variant.operator} but "
+                         f"{variant.net['_target_']} "
+                         f"{'reads' if not variant.operator else 'does not read'} the "
+                         f"sinogram: set operator: {str(not variant.operator).lower()}.")
     shared = {
         "in_channels": int(model_cfg["context_slices"]),
         "channels": int(model_cfg["channels"]),

@@ -27,6 +27,8 @@ def ablation(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
     views = int(views if views is not None else cfg.geometry.views)
     table = variant_table(cfg)
     models_dir = Path(work_dir) / "models"
+    # the image-domain variants: those reading the sinogram have their own experiment
+    table = {name: v for name, v in table.items() if not v.operator}
     train(cfg, prepared_dir, sim_dir, masks_dir, models_dir, views, tuple(table))
     evaluate(cfg, prepared_dir, sim_dir, masks_dir, models_dir, Path(work_dir) / "evaluation",
              views)
