@@ -19,7 +19,7 @@ from sparsect.models.module import ReconModule
 from sparsect.models.predict import predict
 from sparsect.physics import Geometry, NoiseModel, Projector, hu_to_mu
 from sparsect.registry import ReconstructionModel
-from sparsect.stages.evaluate import run_model
+from sparsect.stages.evaluate import HeldOut, run_model
 
 GEOMETRY = Geometry("parallel", views=16, image_size=32, pixel_size_mm=12.0)
 SGUNET = {"_target_": "sparsect.models.unet.SGUNet", "channels": 4, "depth": 3,
@@ -77,7 +77,11 @@ def test_four_entry_points_give_the_same_numbers(tmp_path, prior, context, predi
 
     served = Reconstructor(module, device="cpu").from_sinograms(measured)
     index = [["subject", z] for z in range(len(fbp))]
-    scored = run_model(checkpoint, fbp, index, true_masks=np.zeros(fbp.shape, np.uint8))
+    split = HeldOut(target=fbp, index=index, subjects=np.array(["subject"] * len(fbp)),
+                    fbp=fbp, sinograms=measured, geometry=GEOMETRY,
+                    true_masks=np.zeros(fbp.shape, np.uint8))
+    scored, dc = run_model(checkpoint, split)
+    assert dc is None
     pyfunc = ReconstructionModel()
     pyfunc.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint)}))
     registered = pyfunc.predict(None, fbp)

@@ -138,7 +138,7 @@ def _reconstruct(args: argparse.Namespace) -> object:
     from sparsect.inference import reconstruct_files
 
     return reconstruct_files(_cfg(args), args.input, args.output, args.model, args.method,
-                             args.views, args.save_reference, args.series)
+                             args.views, args.save_reference, args.series, args.dc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,6 +247,9 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--series", default=None, metavar="UID-or-NUMBER",
                    help="the DICOM series to reconstruct when the input folder holds several "
                         "(its SeriesInstanceUID or SeriesNumber)")
+    p.add_argument("--dc", action="store_true",
+                   help="apply the model's data-consistency step after it (the +dc method; "
+                        "lambda and steps as chosen on validation after training)")
 
 
 def _close_progress_bars() -> None:

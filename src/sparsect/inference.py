@@ -131,7 +131,8 @@ class Reconstructor:
     method's setting (``baselines.sirt.iterations``)."""
 
     def __init__(self, module, method: str = "model", views: int | None = None,
-                 device: str = "auto", sirt_iterations: int = 100) -> None:
+                 device: str = "auto", sirt_iterations: int = 100,
+                 data_consistency: bool = False) -> None:
         if method not in METHODS:
             raise InputError(f"Method '{method}' is unknown: use one of {', '.join(METHODS)}.")
         self.module, self.method = module, method
@@ -147,6 +148,10 @@ class Reconstructor:
         self.upsample, self.filter = int(acquisition["upsample"]), str(acquisition["filter"])
         self.hu_clip = tuple(float(v) for v in acquisition["hu_clip"])
         self.device, self.sirt_iterations = device, int(sirt_iterations)
+        self.data_consistency = bool(data_consistency) and method == "model"
+        if self.data_consistency and not module.hparams.get("dc"):
+            raise InputError("--dc asks for the model's data-consistency step, but this model "
+                             "records none: retrain it with model.dc_steps set, or drop --dc.")
 
     def from_sinograms(self, sinograms: np.ndarray) -> np.ndarray:
         """``(N, views, detectors)`` -> ``(N, H, W)`` HU."""
@@ -158,7 +163,9 @@ class Reconstructor:
                                             **options))
         if self.method != "model":
             return images
-        return predict(self.module, images, sinogram=sinograms, geometry=self.geometry).images
+        prediction = predict(self.module, images, sinogram=sinograms, geometry=self.geometry,
+                             data_consistency=self.data_consistency)
+        return prediction.consistent if self.data_consistency else prediction.images
 
     def simulate(self, hu_slices: np.ndarray, seed: int = 0) -> np.ndarray:
         with Simulator(self.geometry, self.noise, upsample=self.upsample,
@@ -252,8 +259,9 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
 
 def run(input_path: Path, output: Path, module, method: str = "model", views: int | None = None,
         save_reference: bool = False, device: str = "auto", sirt_iterations: int = 100,
-        series: str | None = None) -> list[Path]:
-    recon = Reconstructor(module, method, views, device=device, sirt_iterations=sirt_iterations)
+        series: str | None = None, data_consistency: bool = False) -> list[Path]:
+    recon = Reconstructor(module, method, views, device=device, sirt_iterations=sirt_iterations,
+                          data_consistency=data_consistency)
     inputs = list_inputs(input_path)
     if series is not None and not any(is_dicom_input(item) for item in inputs):
         raise InputError(f"--series {series} picks a DICOM series, but '{input_path}' holds no "
@@ -271,12 +279,15 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
 
 def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str | None = None,
                       method: str = "model", views: int | None = None,
-                      save_reference: bool = False, series: str | None = None) -> list[Path]:
+                      save_reference: bool = False, series: str | None = None,
+                      data_consistency: bool = False) -> list[Path]:
     """``sparsect reconstruct``: ``model_uri`` (default: the ``sg_unet`` champion for
     ``views``) applied to ``input_path`` (``series``: the DICOM series to take from a
-    folder holding several), with the settings of ``cfg``."""
+    folder holding several), with the settings of ``cfg``; ``data_consistency``: the
+    model's data-consistency step after it (the ``+dc`` method)."""
     from sparsect.registry import champion_uri, resolve_model_uri
 
     uri = model_uri or champion_uri(cfg, views)
     return run(input_path, output, resolve_model_uri(cfg, uri), method, views, save_reference,
-               str(cfg.physics.device), int(cfg.baselines.sirt.iterations), series)
+               str(cfg.physics.device), int(cfg.baselines.sirt.iterations), series,
+               data_consistency)

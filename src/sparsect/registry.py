@@ -64,7 +64,9 @@ class ReconstructionModel(_PythonModel):
 
     The input is consecutive axial slices of one volume (2.5D models read
     neighbours from it); :func:`sparsect.models.predict.predict` applies the model
-    exactly as ``evaluate`` scored it."""
+    exactly as ``evaluate`` scored it. Models that read the measurements (``operator``
+    in the variant table) take ``{"fbp": (N, H, W), "sinogram": (N, views, bins)}``,
+    the sinogram in line integrals on the geometry the model records."""
 
     def load_context(self, context: Any) -> None:
         from sparsect.models.checkpoint import load_module
@@ -76,27 +78,39 @@ class ReconstructionModel(_PythonModel):
     def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
         from sparsect.models.predict import predict
 
+        sinogram = None
+        if isinstance(model_input, dict):
+            sinogram = model_input.get("sinogram")
+            model_input = model_input.get("fbp")
+        if self.module.needs_operator and sinogram is None:
+            raise InputError("This model reads the measured sinogram: give "
+                             "{'fbp': (N, H, W) HU, 'sinogram': (N, views, bins)}.")
         fbp = np.asarray(model_input, dtype=np.float32)
         if fbp.ndim == 4 and fbp.shape[1] == 1:
             fbp = fbp[:, 0]
         if fbp.ndim != 3:
             raise InputError(f"Model input has shape {fbp.shape}: give FBP slices in HU "
                              "as (N, H, W), consecutive axial slices of one volume.")
-        return predict(self.module, fbp).images
+        if sinogram is not None:
+            sinogram = np.asarray(sinogram, dtype=np.float32)
+        return predict(self.module, fbp, sinogram=sinogram).images
 
 
 # What loading a registered model imports (the checkpoint reader, the networks, the
 # threshold prior); the sparsect package itself travels with the model (code_paths).
 MODEL_REQUIREMENTS = ("torch", "pytorch-lightning", "torchmetrics", "numpy", "scipy", "mlflow")
+OPERATOR_REQUIREMENTS = ("astra-toolbox",)
+"""Added for models that read the sinogram: their CT operator is ASTRA's matrix."""
 
 
-def model_requirements() -> list[str]:
-    """``MODEL_REQUIREMENTS`` pinned to this environment. Given explicitly because
-    MLflow's inference of them loads the model in a subprocess: ~20 s per model."""
+def model_requirements(operator: bool = False) -> list[str]:
+    """``MODEL_REQUIREMENTS`` (and ``OPERATOR_REQUIREMENTS`` for models that need the CT
+    operator) pinned to this environment. Given explicitly because MLflow's inference
+    of them loads the model in a subprocess: ~20 s per model."""
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for name in MODEL_REQUIREMENTS:
+    for name in (*MODEL_REQUIREMENTS, *(OPERATOR_REQUIREMENTS if operator else ())):
         try:
             pins.append(f"{name}=={version(name).split('+')[0]}")  # no local tag (+cpu)
         except PackageNotFoundError:
@@ -203,13 +217,24 @@ def _register(model: str, checkpoint: Path, checkpoint_hash: str, module, name: 
     size = int(geometry["image_size"])
     example = np.zeros((1, size, size), np.float32)
     example[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
+    if module.needs_operator:  # with the sinogram of that example
+        import torch
+
+        from sparsect.physics import Geometry, hu_to_mu
+        from sparsect.physics.operator import ct_operator
+
+        operator = ct_operator(Geometry.from_dict(geometry), "cpu")
+        with torch.no_grad():
+            sinogram = operator.forward(torch.from_numpy(hu_to_mu(example))).numpy()
+        example = {"fbp": example, "sinogram": sinogram}
     signature = infer_signature(example, np.zeros((1, size, size), np.float32))
     with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(
             run_name=f"register {name}"):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ReconstructionModel(),
             artifacts={"checkpoint": str(checkpoint)}, input_example=example,
-            signature=signature, pip_requirements=model_requirements(),
+            signature=signature,
+            pip_requirements=model_requirements(module.needs_operator),
             code_paths=[str(Path(__file__).resolve().parent)],
         )
     tags = {

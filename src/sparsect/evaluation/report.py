@@ -6,7 +6,8 @@ show``/``diff`` and ``dvc exp show`` compare (see :func:`summary`).
 
 Methods are listed in one order everywhere: the classical reconstructions
 (:data:`CLASSICAL`), then the learned models in the order of the variant table
-(the ``models`` argument), then anything else alphabetically.
+(the ``models`` argument), each followed by its data-consistent form (``<model>+dc``),
+then anything else alphabetically.
 """
 
 from __future__ import annotations
@@ -29,11 +30,24 @@ SUMMARY_LIMIT = 12
 """At most this many numbers in ``summary.json``."""
 
 
+DC_SUFFIX = "+dc"
+"""Suffix of a model's data-consistent form (:mod:`sparsect.models.consistency`)."""
+
+
 def method_order(names: Iterable[str], models: Sequence[str] = ()) -> list[str]:
-    """``names`` sorted: :data:`CLASSICAL` first, then ``models`` in their order, then the
-    rest alphabetically."""
+    """``names`` sorted: :data:`CLASSICAL` first, then ``models`` in their order (each
+    followed by its ``+dc`` form), then the rest alphabetically.
+
+    >>> method_order(["sg_unet+dc", "tv", "unet", "sg_unet", "fbp"], ["unet", "sg_unet"])
+    ['fbp', 'tv', 'unet', 'sg_unet', 'sg_unet+dc']
+    """
     ranked = [*CLASSICAL, *(m for m in models if m not in CLASSICAL)]
-    return sorted(names, key=lambda m: (ranked.index(m) if m in ranked else len(ranked), m))
+
+    def key(method: str) -> tuple:
+        base = method.removesuffix(DC_SUFFIX)
+        return (ranked.index(base) if base in ranked else len(ranked), base, method != base)
+
+    return sorted(names, key=key)
 
 
 def _methods(per_view: dict, models: Sequence[str] = ()) -> list[str]:
@@ -201,7 +215,8 @@ def summary(merged: dict, models: Sequence[str] = ()) -> dict[str, dict[str, flo
 
     Per view count, in :func:`method_order`: the test PSNR (dB, 2 decimals) of
     :data:`SUMMARY_BASELINES` (``fbp``, ``tv``) and of every learned model that is
-    not an upper bound, then ``dice`` (3 decimals), the Dice of the first model with
+    not an upper bound (not their ``+dc`` forms, which ``metrics.json`` and the report
+    hold), then ``dice`` (3 decimals), the Dice of the first model with
     the predicted prior. Keys are the view count and the method names, so
     ``dvc metrics diff`` and ``dvc exp show`` line them up across runs.
 
@@ -219,7 +234,8 @@ def summary(merged: dict, models: Sequence[str] = ()) -> dict[str, dict[str, flo
         for method in _methods(per_view, models):
             values = per_view[method]
             learned = _is_learned(method, values, models)
-            if values.get("upper_bound") or not (learned or method in SUMMARY_BASELINES):
+            if values.get("upper_bound") or method.endswith(DC_SUFFIX) \
+                    or not (learned or method in SUMMARY_BASELINES):
                 continue
             block[method] = round(float(values["psnr"]), 2)
             if dice is None and values.get("prior") == "predicted" and "dice" in values:

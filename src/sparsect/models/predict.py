@@ -14,9 +14,10 @@ does what the network's inputs need and what training did:
   ``oracle``, which must be passed explicitly and are refused for any other model
   (an upper bound cannot be applied to new data).
 
-``sinogram`` and ``geometry`` are the measurements and the acquisition the FBP was
-made from; the image-domain variants of the table do not read them, learned
-iterative ones will, through this same function.
+``sinogram`` is the measurements the FBP was made from: the image-domain variants
+of the table do not read it, the learned iterative ones (``operator: true``) and the
+data-consistency step (``data_consistency=True``, :mod:`sparsect.models.consistency`)
+do, on the CT operator of the geometry recorded in the checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from sparsect.data.datamodule import neighbour_table
 from sparsect.errors import InputError
+from sparsect.models.consistency import conjugate_gradient
 from sparsect.models.module import ReconModule
 from sparsect.priors.masks import one_hot, tissue_masks_from_hu
 
@@ -50,6 +52,9 @@ class Prediction:
 
     images: np.ndarray
     classes: np.ndarray | None
+    consistent: np.ndarray | None = None
+    """``(N, H, W)`` the images after the model's data-consistency step (``+dc``), when
+    asked for."""
 
 
 def volume_index(count: int) -> list[tuple[str, int]]:
@@ -83,21 +88,27 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
             full_dose_classes: np.ndarray | None = None, sinogram: np.ndarray | None = None,
             geometry: Any = None, batch_size: int = BATCH_SIZE,
             mirror_average: bool = MIRROR_AVERAGE,
-            slices: np.ndarray | list[int] | None = None) -> Prediction:
+            slices: np.ndarray | list[int] | None = None,
+            data_consistency: bool = False) -> Prediction:
     """Runs ``module`` on ``(N, H, W)`` FBP slices in HU.
 
     Args:
         index: ``(subject, z)`` of every slice (2.5D neighbours stay within a
             subject); None: the slices are one volume, in axial order.
         full_dose_classes: ``(N, H, W)`` full-dose tissue classes, for oracle models only.
-        sinogram: ``(N, views, detectors)`` measurements the FBP was made from.
-        geometry: their :class:`~sparsect.physics.Geometry`.
+        sinogram: ``(N, views, detectors)`` measurements the FBP was made from (on the
+            geometry the model records); needed by models that read the sinogram and
+            by ``data_consistency``.
+        geometry: their :class:`~sparsect.physics.Geometry`; checked against the
+            model's when given.
         batch_size: slices per network call.
         mirror_average: also run the left-right mirrored slices and average (see
             :data:`MIRROR_AVERAGE`); twice the network's cost.
         slices: reconstruct only these slices (default: all), in this order; their
             2.5D neighbours still come from the whole stack. ``full_dose_classes``
             stays ``(N, H, W)``.
+        data_consistency: also return the images after the data-consistency step the
+            model's checkpoint records (``Prediction.consistent``).
     """
     fbp_hu = np.asarray(fbp_hu, np.float32)
     if fbp_hu.ndim != 3:
@@ -109,15 +120,21 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
         raise ValueError(f"index has {len(index)} entries for {len(fbp_hu)} slices")
     neighbours = neighbour_table(index, module.context)
     picks = np.arange(len(fbp_hu)) if slices is None else np.asarray(slices, dtype=np.int64)
+    reads_sinogram = module.needs_operator or data_consistency
+    if reads_sinogram:
+        _check_measurements(module, sinogram, geometry, data_consistency)
+    mirror_average = mirror_average and not module.needs_operator
     classes_in = prior_classes(str(module.hparams.prior), fbp_hu, full_dose_classes)
-    images, classes = [], []
+    images, classes, consistent = [], [], []
     for start in range(0, len(picks), batch_size):
         rows = picks[start:start + batch_size]
         fbp = torch.from_numpy(fbp_hu[neighbours[rows]]).to(module.device)
         prior = None
         if classes_in is not None:
             prior = torch.from_numpy(one_hot(classes_in[rows])).to(module.device)
-        recon, probs = module.reconstruct_hu(fbp, prior)
+        measured = (torch.from_numpy(np.asarray(sinogram[rows], np.float32))
+                    if reads_sinogram else None)
+        recon, probs = module.reconstruct_hu(fbp, prior, measured)
         if mirror_average:
             mirrored, mirrored_probs = module.reconstruct_hu(
                 fbp.flip(-1), None if prior is None else prior.flip(-1))
@@ -127,4 +144,29 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
         images.append(recon[:, 0].cpu().numpy())
         if probs is not None:
             classes.append(probs.argmax(dim=1).cpu().numpy().astype(np.uint8))
-    return Prediction(np.concatenate(images), np.concatenate(classes) if classes else None)
+        if data_consistency:
+            settings, scale = module.hparams.dc, float(module.hparams.hu_scale)
+            iterates = conjugate_gradient(recon[:, 0] / scale, module.sinogram_units(measured),
+                                          module.operator(), float(settings["lambda"]),
+                                          int(settings["steps"]))
+            consistent.append((iterates[int(settings["steps"])] * scale).cpu().numpy())
+    return Prediction(np.concatenate(images), np.concatenate(classes) if classes else None,
+                      np.concatenate(consistent) if consistent else None)
+
+
+def _check_measurements(module: ReconModule, sinogram: np.ndarray | None, geometry: Any,
+                        data_consistency: bool) -> None:
+    """What reading the sinogram needs: the sinogram, on the model's geometry, and for
+    ``data_consistency`` a step chosen after training."""
+    name = module.hparams.variant or "this model"
+    if data_consistency and not module.hparams.dc:
+        raise InputError(f"Model '{name}' records no data-consistency step: retrain it with "
+                         "model.dc_steps set, or reconstruct without it.")
+    if sinogram is None:
+        raise InputError(f"Model '{name}' reads the measured sinogram"
+                         f"{' for its data-consistency step' if not module.needs_operator else ''}"
+                         ": pass the sinogram the FBP was made from.")
+    if geometry is not None and module.hparams.geometry and \
+            type(geometry).from_dict(dict(module.hparams.geometry)) != geometry:
+        raise InputError(f"The sinogram's geometry differs from the one model '{name}' was "
+                         "trained for: simulate or acquire it with the model's geometry.")

@@ -12,6 +12,10 @@ Every method is scored on the same test slices:
   finer simulation grid: a network far above it disagrees with the measurements);
 - Dice of predicted tissue masks.
 
+Every model whose checkpoint records a data-consistency step (chosen on validation
+after training, :mod:`sparsect.models.consistency`) is also scored after it, as
+``<model>+dc``.
+
 The oracle, if trained, is marked ``upper_bound``: it reads full-dose masks.
 """
 
@@ -27,6 +31,7 @@ from omegaconf import DictConfig
 from sparsect.data.store import atomic_dir, atomic_write_json, load_array, read_json
 from sparsect.evaluation.figures import panel, residual_panel
 from sparsect.evaluation.metrics import mean_dice, psnr_hu, rmse_hu, ssim_hu
+from sparsect.evaluation.report import DC_SUFFIX
 from sparsect.evaluation.statistics import per_slice_region_metrics, region_masks, summarise
 from sparsect.models.checkpoint import load_module
 from sparsect.models.predict import Prediction, predict
@@ -36,14 +41,17 @@ from sparsect.physics.operator import ct_operator
 from sparsect.priors.classes import NUM_TISSUE_CLASSES
 
 
-def run_model(checkpoint: Path, fbp_hu: np.ndarray, index: list, true_masks: np.ndarray
-              ) -> Prediction:
-    """Applies a checkpoint to the test split's FBP slices through :func:`predict`.
+def run_model(checkpoint: Path, split: HeldOut) -> tuple[Prediction, dict | None]:
+    """Applies a checkpoint to the test split through :func:`predict`, with its
+    data-consistency step where it records one; returns the prediction and that step.
 
     Only an oracle (an upper bound) is given the full-dose masks."""
     module = load_module(checkpoint)
-    full_dose = true_masks if module.hparams.prior == "oracle" else None
-    return predict(module, fbp_hu, index=index, full_dose_classes=full_dose)
+    full_dose = split.true_masks if module.hparams.prior == "oracle" else None
+    dc = dict(module.hparams.dc) if module.hparams.get("dc") else None
+    return predict(module, split.fbp, index=split.index, full_dose_classes=full_dose,
+                   sinogram=split.sinograms, geometry=split.geometry,
+                   data_consistency=dc is not None), dc
 
 
 def image_metrics(pred: np.ndarray, target: np.ndarray, hu_min: float, hu_max: float
@@ -119,10 +127,12 @@ def reconstructions(cfg: DictConfig, split: HeldOut, models_dir: Path,
     table = variant_table(cfg)
     for name, info in read_json(Path(models_dir) / "summary.json").items():
         variant = known_variant(table, name)
-        prediction = run_model(Path(models_dir) / info["checkpoint"], split.fbp, split.index,
-                               split.true_masks)
+        prediction, dc = run_model(Path(models_dir) / info["checkpoint"], split)
         images[name], classes = prediction.images, prediction.classes
         extra[name] = {"prior": variant.prior, "upper_bound": variant.upper_bound}
+        if prediction.consistent is not None:
+            images[name + DC_SUFFIX] = prediction.consistent
+            extra[name + DC_SUFFIX] = {**extra[name], "data_consistency": dc}
         if classes is not None and variant.prior == "predicted":
             dice = mean_dice(torch.from_numpy(classes), torch.from_numpy(split.true_masks),
                              NUM_TISSUE_CLASSES).numpy()

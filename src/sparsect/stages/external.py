@@ -14,6 +14,8 @@ on them, as ``evaluate`` does:
   whole-image numbers reward clean air);
 - per tissue region where the scan has a label map;
 - the data-consistency residual ``||A x - y|| / ||y||``, and the reference's own;
+- every model after its data-consistency step too (``<model>+dc``), where its
+  checkpoint records one;
 - the noise of the reference (:func:`~sparsect.evaluation.statistics.reference_noise_sd`):
   a real reference is a noisy image, which caps every method's PSNR and penalises
   denoising; it is stated beside every result;
@@ -38,6 +40,7 @@ from sparsect.data.io import axial_slices, find_scans, load_subject, standardise
 from sparsect.data.store import atomic_dir, atomic_write_json, read_json, save_array
 from sparsect.errors import InputError
 from sparsect.evaluation.figures import panel
+from sparsect.evaluation.report import DC_SUFFIX
 from sparsect.evaluation.statistics import (
     per_slice_region_metrics,
     reference_noise_sd,
@@ -183,10 +186,16 @@ def external(cfg: DictConfig, scans_dir: Path, models_dir: Path, baselines_dir: 
             extra: dict = {method: {} for method in images}
             for model_name, (module, variant) in models.items():
                 oracle = scan.classes if variant.prior == "oracle" else None
+                dc = dict(module.hparams.dc) if module.hparams.get("dc") else None
                 prediction = predict(module, fbp, full_dose_classes=oracle,
-                                     sinogram=sinograms, geometry=geometry, slices=picks)
+                                     sinogram=sinograms, geometry=geometry, slices=picks,
+                                     data_consistency=dc is not None)
                 images[model_name] = prediction.images
                 extra[model_name] = {"prior": variant.prior, "upper_bound": variant.upper_bound}
+                if prediction.consistent is not None:  # the step chosen on validation
+                    images[model_name + DC_SUFFIX] = prediction.consistent
+                    extra[model_name + DC_SUFFIX] = {**extra[model_name],
+                                                     "data_consistency": dc}
             reference_residual, _ = residuals(scan.hu[picks], sinograms[picks], geometry)
             result: dict = {"_reference": {
                 "source": scan.source, "slices": int(len(picks)),

@@ -20,6 +20,7 @@ MLflow and writes outputs.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import sys
@@ -35,11 +36,19 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
 from sparsect.data.datamodule import SliceDataModule, SplitPaths
-from sparsect.data.store import atomic_dir, atomic_write_json
+from sparsect.data.store import (
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_array,
+    read_json,
+)
 from sparsect.errors import InputError
 from sparsect.models.callbacks import AtomicCheckpointIO, EpochSummary
-from sparsect.models.checkpoint import save_portable
+from sparsect.models.checkpoint import load_module, save_portable
+from sparsect.models.consistency import tune
 from sparsect.models.module import ReconModule
+from sparsect.models.predict import predict
 from sparsect.models.variants import PRIORS, known_variant, net_spec, variant_table
 from sparsect.settings import acquisition_from_cfg, geometry_from_cfg, noise_from_cfg
 from sparsect.tracking import CHECKPOINT_TAG, flatten, provenance_tags, sha256_file, tracking_uri
@@ -54,13 +63,18 @@ HARDWARE_KEYS = ("devices", "strategy", "accelerator", "num_workers")
 
 
 def default_models(cfg: DictConfig) -> tuple[str, ...]:
-    """The FBPConvNet baseline ``unet`` and every variant whose prior is ``cfg.prior.variant``."""
+    """``sweep.models`` if set, else the FBPConvNet baseline ``unet`` and every
+    image-domain variant whose prior is ``cfg.prior.variant`` (variants that need the
+    CT operator train only when listed: they cost far more per step)."""
     table = variant_table(cfg)
+    listed = (cfg.get("sweep") or {}).get("models")
+    if listed:
+        return tuple(str(name) for name in listed)
     wanted = str(cfg.prior.variant)
     if wanted not in PRIORS:
         raise InputError(f"prior.variant '{wanted}' is unknown: use one of {', '.join(PRIORS)}.")
     return tuple(dict.fromkeys(["unet", *(name for name, v in table.items()
-                                          if v.prior == wanted)]))
+                                          if v.prior == wanted and not v.operator)]))
 
 
 def module_from_cfg(cfg: DictConfig, name: str, views: int) -> ReconModule:
@@ -88,7 +102,7 @@ def module_from_cfg(cfg: DictConfig, name: str, views: int) -> ReconModule:
 
 
 def datamodule_from_cfg(cfg: DictConfig, prior: str, prepared_dir: Path, sim_dir: Path,
-                        masks_dir: Path) -> SliceDataModule:
+                        masks_dir: Path, sinograms: bool = False) -> SliceDataModule:
     """Train and validation slices of the stage outputs, as ``cfg.trainer`` asks."""
     train, val = (SplitPaths(*(Path(folder) / split for folder in (prepared_dir, sim_dir,
                                                                    masks_dir)))
@@ -99,7 +113,8 @@ def datamodule_from_cfg(cfg: DictConfig, prior: str, prepared_dir: Path, sim_dir
                            num_workers=int(trainer.num_workers),
                            augment=bool(trainer.augment),
                            crop=None if trainer.crop is None else int(trainer.crop),
-                           context=int(cfg.model.context_slices), seed=int(cfg.seed))
+                           context=int(cfg.model.context_slices), seed=int(cfg.seed),
+                           sinograms=sinograms)
 
 
 def fingerprint(cfg: DictConfig, name: str, views: int) -> str:
@@ -128,7 +143,8 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = module_from_cfg(cfg, name, views)
     prior = str(module.hparams.prior)
-    datamodule = datamodule_from_cfg(cfg, prior, prepared_dir, sim_dir, masks_dir)
+    datamodule = datamodule_from_cfg(cfg, prior, prepared_dir, sim_dir, masks_dir,
+                                     sinograms=module.needs_operator)
     logger = MLFlowLogger(
         experiment_name=str(cfg.logger.experiment), tracking_uri=tracking_uri(cfg),
         run_name=f"{name}@{views}", run_id=state.get("mlflow_run_id"),
@@ -163,6 +179,11 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
     if not trainer.is_global_zero:
         return {}, False
     selected = save_portable(Path(checkpoint.best_model_path), work / "selected.ckpt")
+    dc = choose_consistency(cfg, selected, prepared_dir, sim_dir, masks_dir)
+    if dc is not None:
+        logger.experiment.log_param(logger.run_id, "dc_lambda", dc["lambda"])
+        logger.experiment.log_param(logger.run_id, "dc_steps", dc["steps"])
+        logger.experiment.log_metric(logger.run_id, "val/dc_psnr", dc["psnr"])
     logger.experiment.log_artifact(logger.run_id, str(selected), artifact_path="checkpoints")
     # The run is found again by the checkpoint's content (evaluate, promote): the
     # stage output holds no run id, which would differ on every run of equal weights.
@@ -173,10 +194,41 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
         "epochs": int(trainer.current_epoch),
         "resumed": resuming,
         "checkpoint": f"{name}.ckpt",
+        **({} if dc is None else {"dc": dc}),
     }
     atomic_write_json(state_file, {"fingerprint": fingerprint(cfg, name, views),
                                    "mlflow_run_id": logger.run_id, "summary": summary})
     return summary, True
+
+
+def choose_consistency(cfg: DictConfig, checkpoint: Path, prepared_dir: Path, sim_dir: Path,
+                       masks_dir: Path) -> dict[str, Any] | None:
+    """Chooses the model's data-consistency step on the validation split
+    (:func:`sparsect.models.consistency.tune`, ``model.dc_lambdas`` x ``model.dc_steps``)
+    and records ``{"lambda", "steps"}`` in ``checkpoint``; None when ``model.dc_steps``
+    is empty. Returns the choice with the validation figures of every trial."""
+    steps = [int(k) for k in (cfg.model.get("dc_steps") or [])]
+    if not steps:
+        return None
+    lambdas = [float(v) for v in (cfg.model.get("dc_lambdas") or [])]
+    if not lambdas or min(lambdas) <= 0 or min(steps) < 1:
+        raise InputError("model.dc_lambdas must list positive weights and model.dc_steps "
+                         f"positive step counts (got {lambdas} and {steps}): fix them, or set "
+                         "model.dc_steps: [] to skip the data-consistency step.")
+    module = load_module(checkpoint)
+    val = {name: Path(folder) / "val" for name, folder in
+           (("prepared", prepared_dir), ("sim", sim_dir), ("masks", masks_dir))}
+    fbp, sinograms = load_array(val["sim"], "fbp"), load_array(val["sim"], "sinogram")
+    full_dose = load_array(val["masks"], "masks") if module.hparams.prior == "oracle" else None
+    images = predict(module, fbp, index=read_json(val["prepared"] / "index.json"),
+                     full_dose_classes=full_dose, sinogram=sinograms).images
+    dc = tune(module, images, sinograms, load_array(val["prepared"], "hu"), lambdas, steps)
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    payload["hyper_parameters"]["dc"] = {"lambda": dc["lambda"], "steps": dc["steps"]}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(Path(checkpoint), buffer.getvalue())
+    return {"split": "val", **dc}
 
 
 def _readable(checkpoint: Path) -> bool:
