@@ -17,7 +17,7 @@ LOCK_EXCLUDE = ^(torch|triton|sparsect|nvidia[-_.][^=]*)==
 BIN = $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast lint params clean ablation lock
+.PHONY: setup run test test-fast lint params clean ablation lock unrolled
 
 setup: $(VENV)/.installed
 
@@ -83,3 +83,36 @@ params: setup
 
 clean:
 	rm -rf artifacts reports/views mlflow.db mlruns mlartifacts .sparsect-locks
+
+# Learned Primal-Dual against the UNets at 60 views, equal epochs (conf/experiment/
+# unrolled.yaml; README gives its time): train, evaluate, real scans, report, register,
+# and lpd against sg_lpd over training seeds 0, 1 and 2.
+UNROLLED = artifacts/unrolled
+STAGE_INPUTS = --prepared artifacts/prepared --sim artifacts/sim/60
+unrolled: setup
+	$(BIN)/dvc repro masks baselines@60
+	$(BIN)/sparsect params experiment=unrolled --out $(UNROLLED)/params.yaml
+	$(BIN)/sparsect train --params $(UNROLLED)/params.yaml --views 60 $(STAGE_INPUTS) \
+		--masks artifacts/masks --out $(UNROLLED)/models/60
+	for seed in 1 2; do \
+		$(BIN)/sparsect train --params $(UNROLLED)/params.yaml --views 60 $(STAGE_INPUTS) \
+			--masks artifacts/masks --out $(UNROLLED)/seed$$seed/models/60 \
+			--models lpd,sg_lpd seed=$$seed || exit 1; \
+		$(BIN)/sparsect evaluate --params $(UNROLLED)/params.yaml --views 60 $(STAGE_INPUTS) \
+			--masks artifacts/masks --models $(UNROLLED)/seed$$seed/models/60 \
+			--out $(UNROLLED)/seed$$seed/evaluation || exit 1; \
+	done
+	$(BIN)/sparsect evaluate --params $(UNROLLED)/params.yaml --views 60 $(STAGE_INPUTS) \
+		--masks artifacts/masks --models $(UNROLLED)/models/60 \
+		--baselines artifacts/baselines/60 --out reports/unrolled/views/60
+	$(BIN)/sparsect external --params $(UNROLLED)/params.yaml --views 60 --scans realct \
+		--models $(UNROLLED)/models/60 --baselines artifacts/baselines/60 \
+		--out reports/unrolled/external/60
+	$(BIN)/sparsect report --params $(UNROLLED)/params.yaml --evaluations reports/unrolled/views \
+		--external reports/unrolled/external --out reports/unrolled
+	$(BIN)/sparsect promote --params $(UNROLLED)/params.yaml --prepared artifacts/prepared \
+		--models $(UNROLLED)/models --evaluations reports/unrolled/views \
+		--out reports/unrolled/promotion.json
+	$(BIN)/sparsect seeds --models sg_lpd,lpd --seeds 0,1,2 --evaluations \
+		reports/unrolled/views/60 $(UNROLLED)/seed1/evaluation $(UNROLLED)/seed2/evaluation \
+		--out reports/unrolled/seeds.json

@@ -24,11 +24,23 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
         for scan, result in per_scan.items():
             if not scan.startswith("_"):
                 assert {m for m in result if not m.startswith("_")} == {
-                    "fbp", "sirt", "tv", "unet", "sg_unet"}
+                    "fbp", "sirt", "tv", "unet", "sg_unet", "unet+dc", "sg_unet+dc"}
                 assert result["_reference"]["noise_sd_hu"] > 0
     for per_method in metrics.values():
         methods = {m for m in per_method if not m.startswith("_")}
-        assert methods == {"fbp", "sirt", "tv", "unet", "sg_unet"}
+        assert methods == {"fbp", "sirt", "tv", "unet", "sg_unet", "unet+dc", "sg_unet+dc"}
+        # +dc: the step train chose on validation (residual at the references' floor,
+        # not below it, where the grid allows), applied to the test split
+        views = per_method["_settings"]["views"]
+        chosen_dc = json.loads((tiny_repo / "artifacts" / "models" / str(views) /
+                                "summary.json").read_text())
+        for model in ("unet", "sg_unet"):
+            step, tuned = per_method[f"{model}+dc"]["data_consistency"], chosen_dc[model]["dc"]
+            assert tuned["split"] == "val"
+            assert step == {"lambda": tuned["lambda"], "steps": tuned["steps"]}
+            assert tuned["residual"] >= tuned["floor"] or all(
+                trial["residual"] < tuned["floor"] for trial in tuned["trials"])
+            assert per_method[f"{model}+dc"]["psnr"] != per_method[model]["psnr"]
         for method in methods:
             values = per_method[method]
             assert {"psnr", "ssim", "rmse_hu", "residual", "ci95", "ci95_by_subject",

@@ -128,6 +128,19 @@ def _promote(args: argparse.Namespace) -> object:
     return promote_all(_cfg(args), args.prepared, args.models, args.evaluations, args.out)
 
 
+def _seeds(args: argparse.Namespace) -> object:
+    from sparsect.stages.seeds import compare_seeds
+
+    models = args.models.split(",")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise InputError(f"--seeds '{args.seeds}' must be integers, comma-separated.") from None
+    if len(models) != 2:
+        raise InputError(f"--models '{args.models}' must name two models, A,B (reports A - B).")
+    return compare_seeds(args.evaluations, seeds, *models, args.out)
+
+
 def _report(args: argparse.Namespace) -> object:
     from sparsect.stages.report import report
 
@@ -219,6 +232,14 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
 
     _command(commands, "promote", _promote, "register models and move the champion alias",
              paths=("prepared", "models", "evaluations", "out"))
+
+    p = _command(commands, "seeds", _seeds,
+                 "two models over training seeds: paired differences (make unrolled)",
+                 paths=("out",))
+    p.add_argument("--evaluations", type=Path, nargs="+", required=True,
+                   help="one `sparsect evaluate` folder per seed")
+    p.add_argument("--seeds", required=True, help="the seeds, comma-separated, in that order")
+    p.add_argument("--models", required=True, help="A,B: reports A - B")
 
     p = _command(commands, "report", _report, "merged metrics, plot CSVs and report.md",
                  paths=("evaluations", "out"))
