@@ -15,6 +15,8 @@ LOCK ?= requirements/lock-linux-x86_64.txt
 LOCK_EXTRAS ?= dev
 LOCK_EXCLUDE = ^(torch|triton|sparsect|nvidia[-_.][^=]*)==
 BIN = $(VENV)/bin
+, := ,
+space := $(subst ,, )
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup run test test-fast lint params clean ablation lock unrolled
@@ -85,34 +87,42 @@ clean:
 	rm -rf artifacts reports/views mlflow.db mlruns mlartifacts .sparsect-locks
 
 # Learned Primal-Dual against the UNets at 60 views, equal epochs (conf/experiment/
-# unrolled.yaml; README gives its time): train, evaluate, real scans, report, register,
-# and lpd against sg_lpd over training seeds 0, 1 and 2.
-UNROLLED = artifacts/unrolled
-STAGE_INPUTS = --prepared artifacts/prepared --sim artifacts/sim/60
+# unrolled.yaml; README gives its time): simulate, tune the baselines, train, evaluate,
+# real scans, report, register, and sg_lpd against lpd over training seeds 0 and
+# $(UNROLLED_SEEDS). `make unrolled UNROLLED_GEOMETRY=fan_clinical UNROLLED_SEEDS=` runs
+# it in the clinical fan beam, seed 0 only; UNROLLED_OVERRIDES=trainer=gpu trains on GPUs.
+UNROLLED_GEOMETRY ?= parallel
+UNROLLED_OVERRIDES ?=
+UNROLLED_SEEDS ?= 1 2
+U = artifacts/unrolled/$(UNROLLED_GEOMETRY)
+UR = reports/unrolled/$(UNROLLED_GEOMETRY)
+UARGS = --params $(U)/params.yaml --views 60
 unrolled: setup
-	$(BIN)/dvc repro masks baselines@60
-	$(BIN)/sparsect params experiment=unrolled --out $(UNROLLED)/params.yaml
-	$(BIN)/sparsect train --params $(UNROLLED)/params.yaml --views 60 $(STAGE_INPUTS) \
-		--masks artifacts/masks --out $(UNROLLED)/models/60
-	for seed in 1 2; do \
-		$(BIN)/sparsect train --params $(UNROLLED)/params.yaml --views 60 $(STAGE_INPUTS) \
-			--masks artifacts/masks --out $(UNROLLED)/seed$$seed/models/60 \
+	$(BIN)/dvc repro masks
+	$(BIN)/sparsect params experiment=unrolled geometry=$(UNROLLED_GEOMETRY) \
+		$(UNROLLED_OVERRIDES) --out $(U)/params.yaml
+	$(BIN)/sparsect simulate $(UARGS) --prepared artifacts/prepared --out $(U)/sim/60
+	$(BIN)/sparsect baselines --params $(U)/params.yaml --prepared artifacts/prepared \
+		--sim $(U)/sim/60 --out $(U)/baselines/60
+	$(BIN)/sparsect train $(UARGS) --prepared artifacts/prepared --sim $(U)/sim/60 \
+		--masks artifacts/masks --out $(U)/models/60
+	$(BIN)/sparsect evaluate $(UARGS) --prepared artifacts/prepared --sim $(U)/sim/60 \
+		--masks artifacts/masks --models $(U)/models/60 --baselines $(U)/baselines/60 \
+		--out $(UR)/views/60
+	$(BIN)/sparsect external $(UARGS) --scans realct --models $(U)/models/60 \
+		--baselines $(U)/baselines/60 --out $(UR)/external/60
+	$(BIN)/sparsect report --params $(U)/params.yaml --evaluations $(UR)/views \
+		--external $(UR)/external --out $(UR)
+	$(BIN)/sparsect promote --params $(U)/params.yaml --prepared artifacts/prepared \
+		--models $(U)/models --evaluations $(UR)/views --out $(UR)/promotion.json
+	for seed in $(UNROLLED_SEEDS); do \
+		$(BIN)/sparsect train $(UARGS) --prepared artifacts/prepared --sim $(U)/sim/60 \
+			--masks artifacts/masks --out $(U)/seed$$seed/models/60 \
 			--models lpd,sg_lpd seed=$$seed || exit 1; \
-		$(BIN)/sparsect evaluate --params $(UNROLLED)/params.yaml --views 60 $(STAGE_INPUTS) \
-			--masks artifacts/masks --models $(UNROLLED)/seed$$seed/models/60 \
-			--out $(UNROLLED)/seed$$seed/evaluation || exit 1; \
+		$(BIN)/sparsect evaluate $(UARGS) --prepared artifacts/prepared --sim $(U)/sim/60 \
+			--masks artifacts/masks --models $(U)/seed$$seed/models/60 \
+			--out $(U)/seed$$seed/evaluation || exit 1; \
 	done
-	$(BIN)/sparsect evaluate --params $(UNROLLED)/params.yaml --views 60 $(STAGE_INPUTS) \
-		--masks artifacts/masks --models $(UNROLLED)/models/60 \
-		--baselines artifacts/baselines/60 --out reports/unrolled/views/60
-	$(BIN)/sparsect external --params $(UNROLLED)/params.yaml --views 60 --scans realct \
-		--models $(UNROLLED)/models/60 --baselines artifacts/baselines/60 \
-		--out reports/unrolled/external/60
-	$(BIN)/sparsect report --params $(UNROLLED)/params.yaml --evaluations reports/unrolled/views \
-		--external reports/unrolled/external --out reports/unrolled
-	$(BIN)/sparsect promote --params $(UNROLLED)/params.yaml --prepared artifacts/prepared \
-		--models $(UNROLLED)/models --evaluations reports/unrolled/views \
-		--out reports/unrolled/promotion.json
-	$(BIN)/sparsect seeds --models sg_lpd,lpd --seeds 0,1,2 --evaluations \
-		reports/unrolled/views/60 $(UNROLLED)/seed1/evaluation $(UNROLLED)/seed2/evaluation \
-		--out reports/unrolled/seeds.json
+	$(if $(strip $(UNROLLED_SEEDS)),$(BIN)/sparsect seeds --models sg_lpd$(,)lpd \
+		--seeds $(subst $(space),$(,),$(strip 0 $(UNROLLED_SEEDS))) --evaluations $(UR)/views/60 \
+		$(foreach s,$(UNROLLED_SEEDS),$(U)/seed$(s)/evaluation) --out $(UR)/seeds.json)

@@ -216,3 +216,17 @@ def test_an_operator_model_is_applied_once_per_slice_and_served_with_its_sinogra
     assert np.array_equal(served, once)
     with pytest.raises(InputError, match="reads the measured sinogram"):
         pyfunc.predict(None, fbp)
+
+
+@pytest.mark.parametrize("override", ["model.dc_lambdas=[0.0,0.1]", "model.dc_lambdas=[]",
+                                      "model.dc_steps=[0,3]"])
+def test_a_bad_data_consistency_grid_is_named(tmp_path, override):
+    from helpers import ROOT
+    from sparsect.config import load_params
+    from sparsect.stages.train import choose_consistency
+
+    cfg = load_params(ROOT / "params.yaml", [override])
+    with pytest.raises(InputError, match=r"model.dc_lambdas must list positive weights"):
+        choose_consistency(cfg, tmp_path / "missing.ckpt", tmp_path, tmp_path, tmp_path)
+    assert choose_consistency(load_params(ROOT / "params.yaml", ["model.dc_steps=[]"]),
+                              tmp_path / "missing.ckpt", tmp_path, tmp_path, tmp_path) is None

@@ -58,6 +58,13 @@ def _block(in_channels: int, width: int, out_channels: int) -> nn.Sequential:
     )
 
 
+def _exact(project: Any, data: torch.Tensor) -> torch.Tensor:
+    """A projection in float32 outside autocast (bf16 training on GPUs): the sparse
+    product has no reduced-precision kernel, and line integrals need the precision."""
+    with torch.autocast(data.device.type, enabled=False):
+        return project(data.float())
+
+
 class LearnedPrimalDual(nn.Module):
     """Learned Primal-Dual on the FBP and the measured sinogram.
 
@@ -92,10 +99,10 @@ class LearnedPrimalDual(nn.Module):
         f = centre.expand(-1, self.primal, -1, -1)
         h = y.new_zeros(y.shape[0], self.dual, *y.shape[-2:])
         for dual_block, primal_block in zip(self.dual_blocks, self.primal_blocks, strict=True):
-            projected = (operator.forward(f[:, 1]) / norm).unsqueeze(1)
-            h = h + dual_block(torch.cat([h, projected, y], dim=1))
-            back = (operator.adjoint(h[:, 0]) / norm).unsqueeze(1)
-            f = f + primal_block(torch.cat([f, back, context], dim=1))
+            projected = (_exact(operator.forward, f[:, 1]) / norm).unsqueeze(1)
+            h = h + dual_block(torch.cat([h, projected.to(h.dtype), y], dim=1))
+            back = (_exact(operator.adjoint, h[:, 0]) / norm).unsqueeze(1)
+            f = f + primal_block(torch.cat([f, back.to(f.dtype), context], dim=1))
         return f[:, :1].contiguous()
 
     def forward(self, fbp: torch.Tensor, *, sinogram: torch.Tensor, operator: Any
