@@ -8,7 +8,8 @@ longest listed name wins):
 3. data: scans, phantoms, stores and loaders;
 4. evaluation.metrics, evaluation.statistics, evaluation.figures;
 5. models;
-6. settings, config, tracking, evaluation.report, registry, inference, stages, sweep;
+6. settings, config, tracking, evaluation.report, registry, inference, stages, benchmarks,
+   sweep;
 7. cli.
 
 Every import statement counts, at the top of a module or inside a function.
@@ -39,6 +40,7 @@ LAYERS: dict[str, int] = {
     "sparsect.registry": 6,
     "sparsect.inference": 6,
     "sparsect.stages": 6,
+    "sparsect.benchmarks": 6,
     "sparsect.sweep": 6,
     "sparsect.cli": 7,
 }
