@@ -141,6 +141,12 @@ def _seeds(args: argparse.Namespace) -> object:
     return compare_seeds(args.evaluations, seeds, *models, args.out)
 
 
+def _ellipses(args: argparse.Namespace) -> object:
+    from sparsect.benchmarks.ellipses import run_benchmark
+
+    return run_benchmark(_cfg(args), args.out)
+
+
 def _report(args: argparse.Namespace) -> object:
     from sparsect.stages.report import report
 
@@ -232,6 +238,10 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
 
     _command(commands, "promote", _promote, "register models and move the champion alias",
              paths=("prepared", "models", "evaluations", "out"))
+
+    _command(commands, "ellipses", _ellipses,
+             "dival's ellipses benchmark: FBP, TV, unet and lpd beside the published numbers "
+             "(make ellipses)", paths=("out",))
 
     p = _command(commands, "seeds", _seeds,
                  "two models over training seeds: paired differences (make unrolled)",
