@@ -150,12 +150,16 @@ def test_conjugate_gradient_solves_the_regularised_normal_equations():
 def test_the_discrepancy_principle_stops_at_the_floor_not_below():
     trials = [{"lambda": lam, "steps": 3, "residual": r, "psnr": 0.0}
               for lam, r in [(1.0, 0.012), (0.1, 0.0101), (0.01, 0.0095), (0.001, 0.011)]]
-    assert choose(trials, floor=0.0100)["lambda"] == 0.1
-    # everything below the floor: the least fitted
-    assert choose(trials, floor=0.02)["lambda"] == 1.0
+    network = {"residual": 0.0115, "psnr": 30.0}
+    assert choose(trials, 0.0100, network)["lambda"] == 0.1
+    # everything that lowers the residual is below the floor: the least fitted of those
+    assert choose(trials, 0.0112, network)["lambda"] == 0.001
+    # a network already at the floor gets no step, and no step may raise the residual
+    assert choose(trials, 0.0100, {"residual": 0.0099})["steps"] == 0
+    assert choose(trials, 0.0080, {"residual": 0.0090})["steps"] == 0
     tie = [{"lambda": 0.1, "steps": 10, "residual": 0.0101},
            {"lambda": 0.1, "steps": 3, "residual": 0.0101}]
-    assert choose(tie, floor=0.01)["steps"] == 3
+    assert choose(tie, 0.01, network)["steps"] == 3
 
 
 def test_tuning_picks_a_step_at_the_noise_floor_and_predict_applies_it(tmp_path):
@@ -168,7 +172,8 @@ def test_tuning_picks_a_step_at_the_noise_floor_and_predict_applies_it(tmp_path)
     result = tune(module, blurred, sinograms, hu, lambdas=[0.001, 0.01, 0.1, 1.0],
                   steps=[2, 5])
     assert len(result["trials"]) == 8
-    assert result["residual"] >= result["floor"]
+    assert result["network"]["residual"] > result["floor"]  # the network is off the data
+    assert result["steps"] > 0 and result["residual"] >= result["floor"]
     closer = [t for t in result["trials"]
               if result["floor"] <= t["residual"] < result["residual"]]
     assert not closer
@@ -189,6 +194,11 @@ def test_tuning_picks_a_step_at_the_noise_floor_and_predict_applies_it(tmp_path)
     assert abs(float(after.mean()) - result["residual"]) < 1e-4
     with pytest.raises(InputError, match="pass the sinogram"):
         predict(loaded, blurred, data_consistency=True)
+    # no step where the network was already at the floor: +dc is the network
+    torch.save({"state_dict": module.state_dict(),
+                "hyper_parameters": {**hparams, "dc": {"lambda": None, "steps": 0}}}, path)
+    kept = predict(load_module(path), blurred, sinogram=sinograms, data_consistency=True)
+    assert np.array_equal(kept.consistent, kept.images)
     with pytest.raises(InputError, match="records no data-consistency step"):
         predict(module, blurred, sinogram=sinograms, data_consistency=True)
     other = Geometry("parallel", views=8, image_size=32, pixel_size_mm=12.0)

@@ -15,8 +15,10 @@ the discrepancy principle (Morozov): among the settings tried, the one whose mea
 residual ``||A x - y|| / ||y||`` is closest to the full-dose references' own residual
 (the floor set by noise and the finer simulation grid) without going below it. A
 residual below the floor means the image fits the noise, which is not consistency.
-The choice is recorded in the checkpoint (``dc``) and applied wherever the model is
-(evaluate, external, ``sparsect reconstruct``).
+A network whose residual is already at the floor gets no step (``steps`` 0: ``+dc`` is
+the network), and a step that would raise the residual is never chosen. The choice is
+recorded in the checkpoint (``dc``) and applied wherever the model is (evaluate,
+external, ``sparsect reconstruct``).
 
 Everything runs in the network's units, ``x = HU / 1000`` and ``y`` with ``A x = y``
 (:meth:`sparsect.models.module.ReconModule.sinogram_units`).
@@ -86,15 +88,27 @@ def residual(x: torch.Tensor, y: torch.Tensor, operator: Any, offset: torch.Tens
     return projected.flatten(1).norm(dim=1) / measured.flatten(1).norm(dim=1)
 
 
-def choose(trials: Sequence[dict[str, Any]], floor: float) -> dict[str, Any]:
+def choose(trials: Sequence[dict[str, Any]], floor: float, network: dict[str, Any]
+           ) -> dict[str, Any]:
     """The discrepancy principle over ``trials`` (dicts with ``residual``, ``lambda``,
-    ``steps``): the smallest mean residual at or above ``floor``; if every trial fits
+    ``steps``) for a network whose own mean residual is ``network["residual"]``.
+
+    A network already at or below the ``floor`` is consistent with the data: no step
+    (``steps`` 0, the network's image). Otherwise, among the trials that lower the
+    residual, the smallest residual at or above the floor; if every such trial fits
     below the floor, the one closest to it (least fitting of noise); ties go to fewer
     steps, then the larger lambda (the smaller change)."""
-    above = [t for t in trials if t["residual"] >= floor]
+    keep = {"lambda": None, "steps": 0, "residual": network["residual"],
+            "psnr": network.get("psnr")}
+    if network["residual"] <= floor:
+        return keep
+    lower = [t for t in trials if t["residual"] < network["residual"]]
+    if not lower:
+        return keep
+    above = [t for t in lower if t["residual"] >= floor]
     if above:
         return min(above, key=lambda t: (t["residual"], t["steps"], -t["lambda"]))
-    return max(trials, key=lambda t: (t["residual"], -t["steps"], t["lambda"]))
+    return max(lower, key=lambda t: (t["residual"], -t["steps"], t["lambda"]))
 
 
 def tune(module: Any, images_hu: np.ndarray, sinograms: np.ndarray, target_hu: np.ndarray,
@@ -142,8 +156,8 @@ def tune(module: Any, images_hu: np.ndarray, sinograms: np.ndarray, target_hu: n
                     sums[1] += float(psnr_hu(x * scale, target, lo, hi).sum())
     trials = [{"lambda": lam, "steps": k, "residual": r / count, "psnr": p / count}
               for (lam, k), (r, p) in totals.items()]
-    best = choose(trials, floor / count)
+    own = {"residual": network[0] / count, "psnr": network[1] / count}
+    best = choose(trials, floor / count, own)
     return {"lambda": best["lambda"], "steps": best["steps"], "floor": floor / count,
-            "residual": best["residual"], "psnr": best["psnr"],
-            "network": {"residual": network[0] / count, "psnr": network[1] / count},
+            "residual": best["residual"], "psnr": best["psnr"], "network": own,
             "trials": trials}

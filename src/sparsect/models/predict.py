@@ -146,10 +146,13 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
             classes.append(probs.argmax(dim=1).cpu().numpy().astype(np.uint8))
         if data_consistency:
             settings, scale = module.hparams.dc, float(module.hparams.hu_scale)
+            steps = int(settings["steps"])
+            if steps == 0:  # the network was already at the noise floor on validation
+                consistent.append(images[-1])
+                continue
             iterates = conjugate_gradient(recon[:, 0] / scale, module.sinogram_units(measured),
-                                          module.operator(), float(settings["lambda"]),
-                                          int(settings["steps"]))
-            consistent.append((iterates[int(settings["steps"])] * scale).cpu().numpy())
+                                          module.operator(), float(settings["lambda"]), steps)
+            consistent.append((iterates[steps] * scale).cpu().numpy())
     return Prediction(np.concatenate(images), np.concatenate(classes) if classes else None,
                       np.concatenate(consistent) if consistent else None)
 
