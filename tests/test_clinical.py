@@ -127,7 +127,8 @@ def test_evaluate_scores_every_method(clinical):
     _, root = clinical
     metrics = json.loads((root / "evaluation" / "metrics.json").read_text())
     methods = {m for m in metrics if not m.startswith("_")}
-    assert methods == {"fbp", *MODELS}
+    # each model with its data-consistent form (the step chosen on validation)
+    assert methods == {"fbp", *MODELS, *(f"{m}+dc" for m in MODELS)}
     for method in methods:
         assert {"psnr", "ssim", "rmse_hu", "residual", "regions"} <= set(metrics[method])
         assert all(math.isfinite(metrics[method][k]) for k in ("psnr", "ssim", "rmse_hu"))

@@ -60,8 +60,8 @@ def test_every_scan_is_scored_with_every_method(scored):
     scans = [entry.subject for entry in find_scans(ROOT / "realct")]
     assert sorted(name for name in metrics if not name.startswith("_")) == sorted(scans)
     for scan in scans:
-        assert {m for m in metrics[scan] if not m.startswith("_")} == {"fbp", "sirt", "tv",
-                                                                         *MODELS}
+        assert {m for m in metrics[scan] if not m.startswith("_")} == {
+            "fbp", "sirt", "tv", *MODELS, *(f"{m}+dc" for m in MODELS)}
         for method in ("fbp", "sirt", "tv", *MODELS):
             values = metrics[scan][method]
             assert all(np.isfinite(values[key]) for key in METRICS), (scan, method)

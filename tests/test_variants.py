@@ -160,7 +160,9 @@ def test_a_users_model_runs_through_train_evaluate_report_and_promote(tmp_path, 
     assert metrics["tiny_net"]["prior"] == "none" and not metrics["tiny_net"]["upper_bound"]
     table_rows = [line for line in (tmp_path / "reports" / "report.md").read_text().splitlines()
                   if line.startswith("| unet") or line.startswith("| tiny_net")]
-    assert [row.split(" |")[0] for row in table_rows][:2] == ["| unet", "| tiny_net"]
+    # in the order of the table, each model followed by its data-consistent form
+    assert [row.split(" |")[0] for row in table_rows][:4] == [
+        "| unet", "| unet+dc", "| tiny_net", "| tiny_net+dc"]
     promoted = json.loads((tmp_path / "promotion.json").read_text())["decisions"]
     assert {d["model"] for d in promoted} == {"unet", "tiny_net"}
     assert any(d["name"] == "sparsect-parallel-12v-tiny_net" for d in promoted)
