@@ -8,13 +8,23 @@ and the ``masks`` stage turns label maps into tissue classes with
 >>> from sparsect.priors.classes import BONE
 >>> ORGAN_TO_TISSUE[ORGAN_LABELS["rib"]] == BONE
 True
+
+The downstream segmenter (:mod:`sparsect.models.segmenter`) learns the organs of
+:data:`DOWNSTREAM_ORGANS` as classes of :func:`segmenter_classes`:
+
+>>> segmenter_classes(np.array([[0, 22, 1, 15, NO_LABEL]], dtype=np.int16)).tolist()
+[[0, 0, 1, 3, -1]]
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from sparsect.priors.classes import BACKGROUND, BONE, FAT, LUNG, SOFT_TISSUE
 
-__all__ = ["NO_LABEL", "ORGAN_LABELS", "ORGAN_TO_TISSUE"]
+__all__ = ["DOWNSTREAM_ORGANS", "NO_LABEL", "ORGAN_LABELS", "ORGAN_TO_TISSUE",
+           "SEGMENTER_BACKGROUND", "SEGMENTER_BODY", "segmenter_class_names",
+           "segmenter_classes"]
 
 NO_LABEL = -1
 """Label value ``prepare`` writes on every pixel of a scan that has no label map."""
@@ -92,3 +102,66 @@ ORGAN_TO_TISSUE: dict[int, int] = {
     _L["femur"]: BONE,
 }
 """Organ label value -> tissue class index of :mod:`sparsect.priors.classes`."""
+
+DOWNSTREAM_ORGANS: dict[str, tuple[int, ...]] = {
+    # the vessels inside the lung are part of the organ a lung mask delineates
+    "lung": (_L["lung"], _L["lung_vessel"]),
+    "liver": (_L["liver"],),
+    "spleen": (_L["spleen"],),
+    "kidney": (_L["kidney"],),
+    # blood pool and wall: the heart as one organ, as a clinical heart mask draws it
+    "heart": (_L["heart"], _L["myocardium"]),
+    "aorta": (_L["aorta"],),
+    "stomach": (_L["stomach"],),
+    # The vertebral column: vertebrae and the discs between them (a continuous column
+    # along z). The spinal canal is left out: it holds cord and CSF, soft-tissue dense
+    # and a structure of its own (TotalSegmentator's spinal_cord), not bone.
+    "spine": (_L["spine"], _L["disc"]),
+}
+"""Organ name -> the phantom label values it is made of, scored by the downstream
+segmenter. Lesions (in liver or lung) belong to no organ: the rest of the body."""
+
+SEGMENTER_BACKGROUND = 0
+"""Segmenter class of air outside the body and of the patient table."""
+SEGMENTER_BODY = 1
+"""Segmenter class of every body voxel outside the organs of :data:`DOWNSTREAM_ORGANS`."""
+
+
+def segmenter_class_names() -> tuple[str, ...]:
+    """Names of the segmenter classes by index: background, body, then the organs.
+
+    >>> segmenter_class_names()[:4]
+    ('background', 'body', 'lung', 'liver')
+    """
+    return ("background", "body", *DOWNSTREAM_ORGANS)
+
+
+def _class_table() -> np.ndarray:
+    table = np.full(max(ORGAN_LABELS.values()) + 1, SEGMENTER_BODY, dtype=np.int8)
+    table[[_L["background"], _L["table"]]] = SEGMENTER_BACKGROUND
+    for index, labels in enumerate(DOWNSTREAM_ORGANS.values(), start=2):
+        table[list(labels)] = index
+    return table
+
+
+def segmenter_classes(labels: np.ndarray) -> np.ndarray:
+    """Phantom label values (any shape, as ``prepare`` writes them) -> segmenter classes.
+
+    0 is air and the table, 1 the rest of the body, ``2 + i`` the i-th organ of
+    :data:`DOWNSTREAM_ORGANS`; :data:`NO_LABEL` stays :data:`NO_LABEL` (int8 result).
+
+    Raises:
+        ValueError: for a value that is neither a phantom label nor :data:`NO_LABEL`
+            (a label map of another table).
+
+    >>> segmenter_classes(np.array([3, 4, 5, 6, 10, 11, 12, 21], dtype=np.int16)).tolist()
+    [2, 2, 6, 6, 9, 9, 1, 1]
+    """
+    labels = np.asarray(labels)
+    table = _class_table()
+    unknown = (labels != NO_LABEL) & ((labels < 0) | (labels >= len(table)))
+    if unknown.any():
+        raise ValueError(f"label value {int(labels[unknown].flat[0])} is not a phantom organ "
+                         "label: segmenter classes are defined for the phantom table only")
+    classes = table[np.clip(labels, 0, len(table) - 1)]
+    return np.where(labels == NO_LABEL, np.int8(NO_LABEL), classes).astype(np.int8)
