@@ -16,11 +16,19 @@ Inputs:
 
 Outputs are NIfTI in HU. For a volume the affine is the one of the resampled
 input grid, so the reconstruction overlays the original scan in any viewer.
+
+A model trained on external tissue masks (prior ``oracle`` in the variants table,
+e.g. ``sg_oracle``) reads them from ``prior``: a label map of an earlier scan of the
+same patient, registered rigidly to this scan's FBP and resampled onto the
+reconstruction grid (:mod:`sparsect.priors.register`); ``<output stem>.prior.json``
+beside the output records the map, its table, the registration and whether the map
+was made from this very scan (``oracle``).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +47,7 @@ from sparsect.data.io import (
     standardise,
     volume_from_slices,
 )
-from sparsect.data.store import atomic_write_bytes
+from sparsect.data.store import atomic_write_bytes, atomic_write_json
 from sparsect.errors import InputError
 from sparsect.models.predict import predict
 from sparsect.notice import nifti_description
@@ -51,6 +59,7 @@ from sparsect.physics import (
     mu_to_hu,
 )
 from sparsect.physics.reconstruct import reconstruct_stack
+from sparsect.priors.register import prior_table, register_label_map
 
 METHODS = ("model", "fbp", "sirt")
 
@@ -90,6 +99,26 @@ def list_inputs(path: Path) -> list[Path]:
     if not inputs:
         raise InputError(f"Folder '{path}' holds no CT volume or sinogram: add inputs.")
     return inputs
+
+
+@dataclass(frozen=True)
+class PriorMap:
+    """The ``--prior`` of ``sparsect reconstruct``: a label map of the patient, the name
+    of its label table, and whether the map was made from the scan being reconstructed
+    (``oracle``: then the model reads the very masks it was trained on, an upper bound)."""
+
+    path: Path
+    table: str = "totalsegmentator"
+    oracle: bool = False
+
+
+def _stem(path: Path) -> str:
+    return Path(path).name.replace(".nii.gz", "").replace(".nii", "")
+
+
+def prior_sidecar(output: Path) -> Path:
+    """``<output stem>.prior.json`` beside ``output``."""
+    return Path(output).with_name(f"{_stem(output)}.prior.json")
 
 
 def _output_path(output: Path, item: Path, many: bool) -> Path:
@@ -132,10 +161,11 @@ class Reconstructor:
 
     def __init__(self, module, method: str = "model", views: int | None = None,
                  device: str = "auto", sirt_iterations: int = 100,
-                 data_consistency: bool = False) -> None:
+                 data_consistency: bool = False, prior: PriorMap | None = None) -> None:
         if method not in METHODS:
             raise InputError(f"Method '{method}' is unknown: use one of {', '.join(METHODS)}.")
         self.module, self.method = module, method
+        self.prior = _check_prior(module, method, prior)
         geometry = dict(module.hparams.geometry)
         if views is not None and int(views) != int(geometry["views"]):
             raise InputError(
@@ -153,24 +183,54 @@ class Reconstructor:
             raise InputError("--dc asks for the model's data-consistency step, but this model "
                              "records none: retrain it with model.dc_steps set, or drop --dc.")
 
-    def from_sinograms(self, sinograms: np.ndarray) -> np.ndarray:
-        """``(N, views, detectors)`` -> ``(N, H, W)`` HU."""
+    def classical(self, sinograms: np.ndarray) -> np.ndarray:
+        """``(N, views, detectors)`` -> ``(N, H, W)`` HU by SIRT (``method="sirt"``) or FBP
+        (the other methods; a model's input)."""
         # SIRT batched on the torch operator, as the baselines stage runs it
         options = ({"iterations": self.sirt_iterations} if self.method == "sirt"
                    else {"filter": self.filter})
-        images = mu_to_hu(reconstruct_stack("sirt" if self.method == "sirt" else "fbp",
-                                            self.geometry, sinograms, device=self.device,
-                                            **options))
+        return mu_to_hu(reconstruct_stack("sirt" if self.method == "sirt" else "fbp",
+                                          self.geometry, sinograms, device=self.device,
+                                          **options))
+
+    def from_sinograms(self, sinograms: np.ndarray, images: np.ndarray | None = None,
+                       prior_classes: np.ndarray | None = None) -> np.ndarray:
+        """``(N, views, detectors)`` -> ``(N, H, W)`` HU; ``images``: their
+        :meth:`classical` reconstruction when already made; ``prior_classes``: ``(N, H, W)``
+        tissue classes for a model that reads external ones (``PriorMap``)."""
+        images = self.classical(sinograms) if images is None else images
         if self.method != "model":
             return images
         prediction = predict(self.module, images, sinogram=sinograms, geometry=self.geometry,
-                             data_consistency=self.data_consistency)
+                             data_consistency=self.data_consistency,
+                             full_dose_classes=prior_classes)
         return prediction.consistent if self.data_consistency else prediction.images
 
     def simulate(self, hu_slices: np.ndarray, seed: int = 0) -> np.ndarray:
         with Simulator(self.geometry, self.noise, upsample=self.upsample,
                        device=self.device, filter=self.filter) as simulator:
             return np.stack([simulator(hu, seed + i)[0] for i, hu in enumerate(hu_slices)])
+
+
+def _check_prior(module, method: str, prior: PriorMap | None) -> PriorMap | None:
+    """``prior`` when the model reads external tissue classes, which it then needs;
+    refused for any other model or method."""
+    model_prior = str(module.hparams.get("prior", "none"))
+    name = module.hparams.get("variant") or "this model"
+    if prior is None:
+        if method == "model" and model_prior == "oracle":
+            raise InputError(f"Model '{name}' reads an external tissue map (prior: oracle): "
+                             "pass --prior with a label map of this patient, or use a "
+                             "deployable model such as sg_unet.")
+        return None
+    if method != "model":
+        raise InputError(f"--prior is read by a model, not by --method {method}: drop --prior "
+                         "or use --method model.")
+    if model_prior != "oracle":
+        raise InputError(f"Model '{name}' predicts its own prior (prior: {model_prior}); "
+                         "--prior needs a model trained on external masks such as sg_oracle.")
+    prior_table(prior.table)
+    return prior
 
 
 def _sidecar(path: Path) -> tuple[Geometry, dict]:
@@ -238,6 +298,9 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
     number) picks the series of a DICOM folder that holds several."""
     geometry = recon.geometry
     if item.suffix == ".npy":
+        if recon.prior is not None:
+            raise InputError(f"Sinogram '{item}' has no position in the patient to register "
+                             "--prior to: reconstruct the scan volume instead, or drop --prior.")
         volume = recon.from_sinograms(_read_sinogram(item, geometry))
         px = geometry.pixel_size_mm
         affine = np.diag([px, px, 1.0, 1.0])
@@ -247,9 +310,30 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
     subject = standardise(load_subject(entry), geometry.image_size, geometry.pixel_size_mm,
                           recon.hu_clip)
     reference = axial_slices(subject["ct"].data[0].numpy()).astype(np.float32)
-    volume = recon.from_sinograms(recon.simulate(reference))
     affine = subject["ct"].affine
-    _save_nifti(output, volume_from_slices(volume), affine)
+    sinograms = recon.simulate(reference)
+    if recon.prior is None:
+        volume = recon.from_sinograms(sinograms)
+    else:
+        # the map is registered to what this scan gives at reconstruction time: its FBP
+        images = recon.classical(sinograms)
+        registered = register_label_map(recon.prior.path, volume_from_slices(images), affine,
+                                        recon.prior.table)
+        volume = recon.from_sinograms(sinograms, images, axial_slices(registered.classes))
+        _check_output_name(output)
+        atomic_write_json(prior_sidecar(output), {
+            "label_map": str(Path(recon.prior.path).resolve()),
+            "table": recon.prior.table,
+            "oracle": bool(recon.prior.oracle),
+            "model": recon.module.hparams.get("variant"),
+            "registration": registered.record,
+        })
+    try:
+        _save_nifti(output, volume_from_slices(volume), affine)
+    except BaseException:
+        if recon.prior is not None:
+            prior_sidecar(output).unlink(missing_ok=True)
+        raise
     if save_reference:
         name = output.name.replace(".nii.gz", "").replace(".nii", "")
         _save_nifti(output.with_name(f"{name}_reference.nii.gz"),
@@ -259,10 +343,14 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
 
 def run(input_path: Path, output: Path, module, method: str = "model", views: int | None = None,
         save_reference: bool = False, device: str = "auto", sirt_iterations: int = 100,
-        series: str | None = None, data_consistency: bool = False) -> list[Path]:
+        series: str | None = None, data_consistency: bool = False,
+        prior: PriorMap | None = None) -> list[Path]:
     recon = Reconstructor(module, method, views, device=device, sirt_iterations=sirt_iterations,
-                          data_consistency=data_consistency)
+                          data_consistency=data_consistency, prior=prior)
     inputs = list_inputs(input_path)
+    if prior is not None and len(inputs) != 1:
+        raise InputError(f"--prior is the label map of one patient but '{input_path}' holds "
+                         f"{len(inputs)} inputs: reconstruct them one at a time.")
     if series is not None and not any(is_dicom_input(item) for item in inputs):
         raise InputError(f"--series {series} picks a DICOM series, but '{input_path}' holds no "
                          "DICOM files: drop --series.")
@@ -280,14 +368,16 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
 def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str | None = None,
                       method: str = "model", views: int | None = None,
                       save_reference: bool = False, series: str | None = None,
-                      data_consistency: bool = False) -> list[Path]:
+                      data_consistency: bool = False,
+                      prior: PriorMap | None = None) -> list[Path]:
     """``sparsect reconstruct``: ``model_uri`` (default: the ``sg_unet`` champion for
     ``views``) applied to ``input_path`` (``series``: the DICOM series to take from a
     folder holding several), with the settings of ``cfg``; ``data_consistency``: the
-    model's data-consistency step after it (the ``+dc`` method)."""
+    model's data-consistency step after it (the ``+dc`` method); ``prior``: the label
+    map an oracle-prior model reads."""
     from sparsect.registry import champion_uri, resolve_model_uri
 
     uri = model_uri or champion_uri(cfg, views)
     return run(input_path, output, resolve_model_uri(cfg, uri), method, views, save_reference,
                str(cfg.physics.device), int(cfg.baselines.sirt.iterations), series,
-               data_consistency)
+               data_consistency, prior)
