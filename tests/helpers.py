@@ -168,6 +168,10 @@ baselines: {sirt: {iterations: 20}, tv: {iterations: 20}}
 tuning: {max_slices: 4, grid: {fbp: {filter: [ram-lak, hann]}, sirt: {iterations: [10, 20]},
                                tv: {weight: [0.01, 0.03], iterations: [10, 20]}}}
 external: {max_slices: 2}
+study: {cohort: {subjects: 2, slices: 4, lesions_per_subject: 3, min_lesions: 1, roi_px: 5,
+                 diameter_mm: [12.0, 24.0]},
+        subjects: null, channels: 3, channel_width_px: 1.5, full_views: 48}
+segmenter: {epochs: 1, channels: 4, depth: 2}
 """
 
 

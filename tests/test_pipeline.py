@@ -57,6 +57,24 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
             assert set(values["regions"]) == {"lung", "soft_tissue", "bone", "body"}
         assert 0 <= per_method["sg_unet"]["dice"] <= 1
         assert per_method["_reference"]["residual"] > 0
+        # the task study: every method scored on the cohort, with intervals over subjects
+        study = per_method["_task_study"]
+        assert study["subjects"] == 2 and study["lesions"] >= 1 and study["realisations"] == 2
+        assert study["structure_threshold_hu"] == pytest.approx(
+            3 * study["full_view_fbp_noise_hu"])
+        task_methods = methods - {"sirt"}  # SIRT is not in study.classical
+        for method in task_methods:
+            values = per_method[method]
+            assert {"lesion_contrast_recovery", "lesion_cnr", "detectability",
+                    "downstream_dice", "hallucinated", "lost"} <= set(values), method
+            assert values["lesion_contrast_recovery"]["abs_cr_minus_1"] >= 0
+            assert 0 <= values["detectability"]["auc"] <= 1
+            dice = values["downstream_dice"]
+            assert set(dice["by_subject"]) == {"0", "1"}
+            assert 0 <= dice["mean"] <= 1 and dice["ci95"][0] <= dice["ci95"][1]
+            assert values["hallucinated"]["count"] >= 0 and values["lost"]["count"] >= 0
+        assert "sirt" not in task_methods
+        assert 0 <= per_method["_task_reference"]["downstream_dice"]["mean"] <= 1
         # each baseline ran with the setting chosen on validation (the tiny grid's)
         chosen = per_method["_baselines"]
         assert set(chosen["tuning"]["methods"]) == {"fbp", "sirt", "tv"}
@@ -72,6 +90,8 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
     assert "## 12 views" in report and "## 24 views" in report and "residual" in report
     assert "## Real scans (external validation)" in report and "reference noise" in report
     assert report.count("Classical baselines' settings, chosen by mean PSNR on 4 validation") == 2
+    assert report.count("| method | abs(CR - 1) | CNR | d' | AUC | downstream Dice |") == 2
+    assert "full-dose reference (segmenter's ceiling)" in report
     psnr_csv = (tiny_repo / "reports" / "plots" / "psnr.csv").read_text().splitlines()
     assert psnr_csv[0].split(",")[0] == "views" and len(psnr_csv) == 3
     env = tool_env(tiny_repo)
@@ -161,3 +181,39 @@ def test_dvc_queued_experiment_composes_conf_and_runs(tiny_repo):
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=tiny_repo, env=env))
     text = json.dumps(shown)
     assert "one-epoch" in text and '"max_epochs": 1' in text.replace("'", '"')
+
+
+@pytest.mark.slow
+def test_ablation_trains_each_seed_and_view_count_and_states_the_endpoint(tiny_repo, tmp_path):
+    """`sparsect ablation` on the tiny project's pipeline outputs: two view counts, two
+    seeds, the endpoint's pair, one epoch; its own tracking store, so the pipeline's
+    runs stay as they are."""
+    env = {**tool_env(tiny_repo), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ab.db'}"}
+    sh("sparsect", "params", "experiment=tiny", "+ablation.views=[12,24]",
+       "+ablation.seeds=[0,1]", "+ablation.variants=[unet,sg_unet]", "trainer.max_epochs=1", "--out", str(tmp_path / "params.yaml"), cwd=tiny_repo, env=env)
+    sh("sparsect", "ablation", "--params", str(tmp_path / "params.yaml"),
+       "--prepared", "artifacts/prepared", "--sim", "artifacts/sim", "--masks", "artifacts/masks",
+       "--cohort", "artifacts/cohort", "--segmenter", "artifacts/segmenter",
+       "--work", str(tmp_path / "work"), "--out", str(tmp_path / "ablation.json"),
+       cwd=tiny_repo, env=env)
+    report = json.loads((tmp_path / "ablation.json").read_text())
+    assert report["_settings"]["seeds"] == [0, 1] and report["_settings"]["views"] == [12, 24]
+    for views in ("12", "24"):
+        assert set(report[views]["per_seed"]) == {"0", "1"}
+        for seed in ("0", "1"):
+            for model in ("unet", "sg_unet"):
+                record = report[views]["per_seed"][seed][model]
+                assert {"psnr", "downstream_dice", "detectability", "hallucinated"} <= set(record)
+                assert set(record["downstream_dice"]["by_subject"]) == {"0", "1"}
+        # seeds differ: the seed reached training
+        psnr = [report[views]["per_seed"][s]["sg_unet"]["psnr"] for s in ("0", "1")]
+        assert psnr[0] != psnr[1]
+    endpoint = report["endpoint"]
+    assert endpoint["comparison"] == "sg_unet - unet"
+    levels = sorted(r["downstream_dice"]["level"] for r in endpoint["by_views"].values())
+    assert levels == [0.95, 0.975]  # Holm over the two view counts
+    for result in endpoint["by_views"].values():
+        dice = result["downstream_dice"]
+        assert dice["subjects"] == 2 and dice["seeds"] == 2
+        assert dice["ci"][0] <= dice["mean"] <= dice["ci"][1]
+        assert dice["p_holm"] >= dice["p"]

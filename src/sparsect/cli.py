@@ -84,6 +84,12 @@ def _masks(args: argparse.Namespace) -> object:
     return masks(_cfg(args), args.prepared, args.out)
 
 
+def _segmenter(args: argparse.Namespace) -> object:
+    from sparsect.stages.segmenter import segmenter
+
+    return segmenter(_cfg(args), args.prepared, args.out)
+
+
 def _sweep(args: argparse.Namespace) -> object:
     from sparsect.sweep import multirun
 
@@ -105,7 +111,13 @@ def _evaluate(args: argparse.Namespace) -> object:
     from sparsect.stages.evaluate import evaluate
 
     return evaluate(_cfg(args), args.prepared, args.sim, args.masks, args.models, args.out,
-                    args.views, args.baselines)
+                    args.views, args.baselines, args.cohort, args.segmenter)
+
+
+def _cohort(args: argparse.Namespace) -> object:
+    from sparsect.stages.cohort import cohort
+
+    return cohort(_cfg(args), args.out, args.workers)
 
 
 def _external(args: argparse.Namespace) -> object:
@@ -119,7 +131,7 @@ def _ablation(args: argparse.Namespace) -> object:
     from sparsect.stages.ablation import ablation
 
     return ablation(_cfg(args), args.prepared, args.sim, args.masks, args.work, args.out,
-                    args.views)
+                    args.cohort, args.segmenter)
 
 
 def _promote(args: argparse.Namespace) -> object:
@@ -154,10 +166,19 @@ def _report(args: argparse.Namespace) -> object:
 
 
 def _reconstruct(args: argparse.Namespace) -> object:
-    from sparsect.inference import reconstruct_files
+    from sparsect.inference import PriorMap, reconstruct_files
 
-    return reconstruct_files(_cfg(args), args.input, args.output, args.model, args.method,
-                             args.views, args.save_reference, args.series, args.dc)
+    if args.prior is None and args.prior_oracle:
+        raise InputError("--prior-oracle describes the map given with --prior: add --prior "
+                         "LABELMAP or drop --prior-oracle.")
+    prior = (None if args.prior is None
+             else PriorMap(args.prior, args.prior_table, args.prior_oracle))
+    written = reconstruct_files(_cfg(args), args.input, args.output, args.model, args.method,
+                                args.views, args.save_reference, args.series, args.dc, prior)
+    if prior is not None and prior.oracle:
+        print(f"oracle: the map was made from this scan ({prior.path}), so the reconstruction "
+              "is an upper bound, not what a new scan would get.")
+    return written
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,6 +227,10 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     _command(commands, "masks", _masks, "tissue-class masks of the full-dose slices",
              paths=("prepared", "out"))
 
+    _command(commands, "segmenter", _segmenter,
+             "the fixed organ segmenter of the task-based metric (full-dose train slices)",
+             paths=("prepared", "out"))
+
     p = _command(commands, "train", _train,
                  "train the variants at one view count (-m: Hydra multirun sweep)",
                  paths=("prepared", "masks"))
@@ -225,6 +250,15 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
                  paths=("prepared", "sim", "masks", "models", "out"))
     p.add_argument("--baselines", type=Path, default=None)
     p.add_argument("--views", type=int, default=None)
+    p.add_argument("--cohort", type=Path, default=None,
+                   help="the task cohort (`sparsect cohort`): adds the lesion, structure and "
+                        "(with --segmenter) downstream-segmentation scores")
+    p.add_argument("--segmenter", type=Path, default=None,
+                   help="the frozen organ segmenter (`sparsect segmenter`)")
+
+    p = _command(commands, "cohort", _cohort,
+                 "the task study's lesion-free subjects and their lesions", paths=("out",))
+    p.add_argument("--workers", type=int, default=None)
 
     p = _command(commands, "external", _external,
                  "every method on the real scans (external validation) at one view count",
@@ -232,9 +266,13 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--views", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
 
-    p = _command(commands, "ablation", _ablation, "train and score every variant",
+    p = _command(commands, "ablation", _ablation,
+                 "train and score every variant at each view count and seed of `ablation`",
                  paths=("prepared", "sim", "masks", "work", "out"))
-    p.add_argument("--views", type=int, default=None)
+    p.add_argument("--cohort", type=Path, default=None,
+                   help="the task cohort: task metrics and the primary endpoint")
+    p.add_argument("--segmenter", type=Path, default=None,
+                   help="the frozen organ segmenter (the endpoint's downstream Dice)")
 
     _command(commands, "promote", _promote, "register models and move the champion alias",
              paths=("prepared", "models", "evaluations", "out"))
@@ -281,6 +319,15 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--dc", action="store_true",
                    help="apply the model's data-consistency step after it (the +dc method; "
                         "lambda and steps as chosen on validation after training)")
+    p.add_argument("--prior", type=Path, default=None, metavar="LABELMAP",
+                   help="label map (NIfTI) of an earlier scan of this patient, registered "
+                        "rigidly to this scan's FBP and read by a model trained on external "
+                        "masks (prior: oracle, e.g. sg_oracle); writes <output stem>.prior.json")
+    p.add_argument("--prior-table", default="totalsegmentator",
+                   choices=["phantom", "totalsegmentator", "totalsegmentator_v1"],
+                   help="label values of --prior (default: totalsegmentator)")
+    p.add_argument("--prior-oracle", action="store_true",
+                   help="the --prior map was made from this very scan: recorded as an oracle")
 
 
 def _close_progress_bars() -> None:

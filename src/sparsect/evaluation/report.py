@@ -118,9 +118,57 @@ def markdown(merged: dict, figures: str = "views", models: Sequence[str] = ()) -
             cells = [f"{regions[r]['psnr']:.2f} / {regions[r]['rmse_hu']:.1f}" if r in regions
                      else "" for r in REGION_NAMES]
             lines.append(f"| {_label(method, per_view[method])} | " + " | ".join(cells) + " |")
+        lines += task_markdown(per_view, models)
         lines += ["", f"![{views} views]({figures}/{views}/panel.png)", "",
                   f"![{views} views residuals]({figures}/{views}/residuals.png)", ""]
     return "\n".join(lines)
+
+
+def _interval(mean: float, ci: list | tuple, digits: int) -> str:
+    return f"{mean:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def task_markdown(per_view: dict, models: Sequence[str] = ()) -> list[str]:
+    """The task study's table at one view count (:mod:`sparsect.stages.study`): lesion
+    contrast recovery, CNR, the observer's d' and AUC, downstream Dice, invented and lost
+    structures, each with its 95% CI over cohort subjects."""
+    setting = per_view.get("_task_study")
+    if not setting:
+        return []
+    lines = ["", f"Task study ({setting['set']} of the cohort: {setting['subjects']} "
+                 f"lesion-free subjects of their own seed, {setting['lesions']} lesions "
+                 f"{setting['lesions_by_host']}, {setting['realisations']} noise "
+                 "realisations each; CHO with "
+                 f"{setting['observer']['channels']} Laguerre-Gauss channels of width "
+                 f"{setting['observer']['channel_width_mm']:.0f} mm, template from "
+                 f"{setting['observer']['train']}, scored on {setting['observer']['test']}; "
+                 "structures: regions of |x - reference| above "
+                 f"{setting['structure_threshold_hu']:.0f} HU (3 SD of a "
+                 f"{setting['full_views']}-view full-dose FBP's noise) of >= 5 pixels). "
+                 "Brackets: 95% bootstrap CI over subjects.", "",
+             "| method | abs(CR - 1) | CNR | d' | AUC | downstream Dice | HD95 (mm) | "
+             "invented / slice | lost / slice |", "|---|---|---|---|---|---|---|---|---|"]
+    for method in _methods(per_view, models):
+        v = per_view[method]
+        if "detectability" not in v:
+            continue
+        cr, det = v["lesion_contrast_recovery"], v["detectability"]
+        dice = v.get("downstream_dice")
+        hd95 = dice and [x for x in dice["hd95_mm"].values() if x == x]
+        lines.append(
+            f"| {_label(method, v)} | {_interval(cr['abs_cr_minus_1'], cr['ci95'], 3)} | "
+            f"{_interval(v['lesion_cnr']['mean'], v['lesion_cnr']['ci95'], 2)} | "
+            f"{_interval(det['d_prime'], det['d_prime_ci95'], 2)} | "
+            f"{_interval(det['auc'], det['auc_ci95'], 3)} | "
+            + (f"{_interval(dice['mean'], dice['ci95'], 3)} | "
+               f"{sum(hd95) / len(hd95):.1f} | " if dice else "| | ")
+            + f"{_interval(v['hallucinated']['per_slice'], v['hallucinated']['ci95'], 1)} | "
+            f"{_interval(v['lost']['per_slice'], v['lost']['ci95'], 1)} |")
+    reference = per_view.get("_task_reference", {}).get("downstream_dice")
+    if reference:
+        lines.append(f"| full-dose reference (segmenter's ceiling) | | | | | "
+                     f"{_interval(reference['mean'], reference['ci95'], 3)} | | | |")
+    return lines
 
 
 def _setting(options: dict) -> str:

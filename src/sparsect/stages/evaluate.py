@@ -165,12 +165,20 @@ def score(images: dict[str, np.ndarray], extra: dict[str, dict], split: HeldOut,
 
 def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path,
              models_dir: Path, out_dir: Path, views: int | None = None,
-             baselines_dir: Path | None = None) -> Path:
+             baselines_dir: Path | None = None, cohort_dir: Path | None = None,
+             segmenter_dir: Path | None = None, study_subjects: int | None = -1,
+             scans=None) -> Path:  # noqa: ANN001 - sparsect.stages.study.Scans
     """Writes ``out_dir/metrics.json`` (method -> metrics), ``panel.png`` and ``residuals.png``.
 
     Methods: ``fbp``, the classical baselines found in ``baselines_dir`` (e.g.
     ``sirt``, ``tv``, and ``fbp`` with its tuned filter, which replaces the network
-    input's) and every model in ``models_dir``; ``_baselines`` records their settings."""
+    input's) and every model in ``models_dir``; ``_baselines`` records their settings.
+
+    With ``cohort_dir``, each method also gets the task study's scores
+    (:mod:`sparsect.stages.study`: lesion contrast recovery, CNR, detectability,
+    invented and lost structure, and with ``segmenter_dir`` downstream Dice) on the
+    cohort's first ``study_subjects`` subjects (-1: ``study.subjects``; None: all);
+    ``scans`` is the cohort already simulated at this view count."""
     views = int(views if views is not None else cfg.geometry.views)
     lo, hi = float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max)
     split = HeldOut.load(prepared_dir, sim_dir, masks_dir)
@@ -186,6 +194,17 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
     metrics["_settings"] = {"views": views, "split": "test", "slices": int(len(split.target)),
                             "subjects": sorted(set(split.subjects.tolist())),
                             "hu_window": [lo, hi], "data_range_hu": hi - lo}
+    if cohort_dir is not None:
+        from sparsect.stages.study import study
+
+        subjects = cfg.study.get("subjects") if study_subjects == -1 else study_subjects
+        scores = study(cfg, Path(cohort_dir), Path(models_dir), baselines_dir, views,
+                       segmenter_dir, subjects, scans)
+        for name, values in scores.items():
+            if name.startswith("_"):
+                metrics[f"_task{name}"] = values
+            elif name in metrics:
+                metrics[name].update({k: v for k, v in values.items() if k not in metrics[name]})
 
     count = int(cfg.evaluate.panel_slices)
     picks = np.linspace(0, len(split.target) - 1, count + 2)[1:-1].round().astype(int)
