@@ -190,7 +190,8 @@ def test_ablation_trains_each_seed_and_view_count_and_states_the_endpoint(tiny_r
     runs stay as they are."""
     env = {**tool_env(tiny_repo), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ab.db'}"}
     sh("sparsect", "params", "experiment=tiny", "+ablation.views=[12,24]",
-       "+ablation.seeds=[0,1]", "+ablation.variants=[unet,sg_unet]", "trainer.max_epochs=1", "--out", str(tmp_path / "params.yaml"), cwd=tiny_repo, env=env)
+       "+ablation.seeds=[0,1]", "+ablation.variants=[unet,sg_unet]", "trainer.max_epochs=1",
+       "--out", str(tmp_path / "params.yaml"), cwd=tiny_repo, env=env)
     sh("sparsect", "ablation", "--params", str(tmp_path / "params.yaml"),
        "--prepared", "artifacts/prepared", "--sim", "artifacts/sim", "--masks", "artifacts/masks",
        "--cohort", "artifacts/cohort", "--segmenter", "artifacts/segmenter",
