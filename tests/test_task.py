@@ -175,3 +175,23 @@ def test_paired_uses_every_subject_and_seed():
     out = paired(_per_seed(0.01, rng, seeds=3, subjects=7), "sg_unet", "unet")
     assert out["downstream_dice"]["subjects"] == 7 and out["downstream_dice"]["seeds"] == 3
     assert set(out["downstream_dice"]["per_seed"]) == {"0", "1", "2"}
+
+
+def test_the_observer_sees_hypo_and_hyperdense_lesions_alike():
+    """Half the lesions darker than their organ, half brighter: one template per host on
+    sign-aligned patches detects both (a single pooled template would cancel them)."""
+    rng = np.random.default_rng(6)
+    cohort = _toy_cohort(rng, subjects=6)
+    for i, lesion in enumerate(cohort.lesions):
+        if i % 2:
+            s, z = lesion["subject"], lesion["slice"]
+            y, x = np.mgrid[:48, :48]
+            disc = np.hypot(y - lesion["row"], x - lesion["col"]) <= 3.0
+            cohort.lesion_hu[s, z][disc] *= -1
+            lesion["contrast_hu"] *= -1
+    channels = task.laguerre_gauss_channels(17, 5.0, 10)
+    out = lesion_scores(_scans(cohort, rng, 20.0, realisations=6), cohort, channels, 17)
+    assert out["detectability"]["d_prime"] > 2.0
+    assert out["detectability"]["auc"] > 0.9
+    assert out["detectability"]["by_host"]["liver"]["lesions"] == len(cohort.lesions)
+    assert out["lesion_contrast_recovery"]["abs_cr_minus_1"] < 0.1

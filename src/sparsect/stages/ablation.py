@@ -131,8 +131,12 @@ def ablation(cfg: DictConfig, prepared_dir: Path, sim_root: Path, masks_dir: Pat
         for seed in seeds:
             run_cfg = OmegaConf.merge(cfg, {"seed": seed})
             folder = Path(work_dir) / str(views) / f"seed{seed}"
-            train(run_cfg, prepared_dir, sim_dir, masks_dir, folder / "models", views,
-                  tuple(table))
+            # an interrupted ablation resumes: a seed whose models were all written is
+            # not trained again (train's own work folder resumes a seed cut short)
+            done = folder / "models" / "summary.json"
+            if not (done.is_file() and set(table) <= set(json.loads(done.read_text()))):
+                train(run_cfg, prepared_dir, sim_dir, masks_dir, folder / "models", views,
+                      tuple(table))
             evaluate(run_cfg, prepared_dir, sim_dir, masks_dir, folder / "models",
                      folder / "evaluation", views, None, cohort_dir, segmenter_dir, None, scans)
             metrics = json.loads((folder / "evaluation" / "metrics.json").read_text())

@@ -212,22 +212,7 @@ def lesion_scores(image: np.ndarray, cohort: Cohort, channels: np.ndarray, roi: 
         spread = np.mean([image[ABSENT, k, s, z][ring].std(ddof=1) for k in range(realisations)])
         cnr.append(abs(signal) / spread)
     cr, cnr = np.asarray(cr), np.asarray(cnr)
-    half = max(1, realisations // 2)
-
-    def outputs(c: int, ks: range) -> tuple[np.ndarray, np.ndarray]:
-        centres = [(lesion["subject"], lesion["slice"], lesion["row"], lesion["col"])
-                   for lesion in cohort.lesions]
-        rows = [task.patches(image[c, k, s, z][None], [(0, r, col)], roi)[0]
-                for k in ks for s, z, r, col in centres]
-        return np.asarray(rows) @ channels.T, np.tile(subjects, len(ks))
-
-    train_p, _ = outputs(PRESENT, range(half))
-    train_a, _ = outputs(ABSENT, range(half))
-    template = task.hotelling(train_p, train_a)
-    test_p, groups = outputs(PRESENT, range(half, realisations))
-    test_a, _ = outputs(ABSENT, range(half, realisations))
-    score_p, score_a = test_p @ template, test_a @ template
-
+    score_p, score_a, groups, by_host = _observer(image, cohort, channels, roi)
     def ci(values: np.ndarray) -> list[float]:
         return list(task.cluster_bootstrap(lambda rows: np.nanmean(values[rows]), subjects))
 
@@ -245,8 +230,49 @@ def lesion_scores(image: np.ndarray, cohort: Cohort, channels: np.ndarray, roi: 
                 lambda rows: task.d_prime(score_p[rows], score_a[rows]), groups)),
             "auc": task.auc(score_p, score_a),
             "auc_ci95": list(task.cluster_bootstrap(
-                lambda rows: task.auc(score_p[rows], score_a[rows]), groups))},
+                lambda rows: task.auc(score_p[rows], score_a[rows]), groups)),
+            "by_host": by_host},
     }
+
+
+def _observer(image: np.ndarray, cohort: Cohort, channels: np.ndarray, roi: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """The CHO's test scores (lesion-present, lesion-absent), their subjects, and d' / AUC
+    per host organ.
+
+    One template per host organ, on patches multiplied by the sign of their lesion's
+    contrast: a single linear template over hypo- and hyperdense lesions, or over
+    lung and liver backgrounds, would average opposite signals and unlike textures
+    away. Each host's scores are then standardised by its lesion-absent scores (mean
+    and SD) and pooled, so the overall d' and AUC weigh the hosts by their lesions."""
+    realisations = image.shape[1]
+    half = max(1, realisations // 2)
+    lesions = cohort.lesions
+    subjects = np.array([x["subject"] for x in lesions])
+    hosts = np.array([x["host"] for x in lesions])
+    signs = np.sign([x["contrast_hu"] for x in lesions])
+
+    def outputs(c: int, ks: range, pick: np.ndarray) -> np.ndarray:
+        rows = [signs[i] * task.patches(image[c, k, lesions[i]["subject"], lesions[i]["slice"]]
+                                        [None], [(0, lesions[i]["row"], lesions[i]["col"])],
+                                        roi)[0]
+                for k in ks for i in pick]
+        return np.asarray(rows) @ channels.T
+
+    train, test = range(half), range(half, realisations)
+    scores_p, scores_a, groups, by_host = [], [], [], {}
+    for host in sorted(set(hosts)):
+        pick = np.flatnonzero(hosts == host)
+        template = task.hotelling(outputs(PRESENT, train, pick), outputs(ABSENT, train, pick))
+        p = outputs(PRESENT, test, pick) @ template
+        a = outputs(ABSENT, test, pick) @ template
+        by_host[host] = {"lesions": int(pick.size), "d_prime": task.d_prime(p, a),
+                         "auc": task.auc(p, a)}
+        centre, spread = a.mean(), a.std(ddof=1) if a.size > 1 else 1.0
+        scores_p.append((p - centre) / spread)
+        scores_a.append((a - centre) / spread)
+        groups.append(np.tile(subjects[pick], len(test)))
+    return np.concatenate(scores_p), np.concatenate(scores_a), np.concatenate(groups), by_host
 
 
 def structure_scores(image: np.ndarray, cohort: Cohort, sigma: float) -> dict[str, dict]:
