@@ -114,6 +114,7 @@ def ablation(cfg: DictConfig, prepared_dir: Path, sim_root: Path, masks_dir: Pat
     views_list = [int(v) for v in settings.views]
     seeds = [int(s) for s in settings.seeds]
     table = {name: v for name, v in variant_table(cfg).items() if not v.operator}
+    every = dict(table)
     if settings.get("variants"):
         unknown = sorted(set(settings.variants) - set(table))
         if unknown:
@@ -141,10 +142,11 @@ def ablation(cfg: DictConfig, prepared_dir: Path, sim_root: Path, masks_dir: Pat
                      folder / "evaluation", views, None, cohort_dir, segmenter_dir, None, scans)
             metrics = json.loads((folder / "evaluation" / "metrics.json").read_text())
             summary = json.loads((folder / "models" / "summary.json").read_text())
+            # every variant this seed has (one trained by an earlier, wider run included)
             results.setdefault(str(views), {})[str(seed)] = {
                 name: {"prior": v.prior, "upper_bound": v.upper_bound,
                        **_seed_record(metrics, summary, folder / "models", name, v)}
-                for name, v in table.items()}
+                for name, v in every.items() if name in summary}
             results[str(views)][str(seed)]["_fbp"] = {k: metrics["fbp"][k] for k in SECONDARY}
     report: dict = {"_settings": {"views": views_list, "seeds": seeds,
                                   "epochs": int(cfg.trainer.max_epochs),
@@ -153,10 +155,12 @@ def ablation(cfg: DictConfig, prepared_dir: Path, sim_root: Path, masks_dir: Pat
                                   "hu_window": [float(cfg.evaluate.hu_min),
                                                 float(cfg.evaluate.hu_max)]}}
     for views, per_seed in results.items():
+        names = [name for name in every if any(name in r for r in per_seed.values())]
         report[views] = {"per_seed": per_seed, "mean": {
-            name: {k: float(np.mean([per_seed[s][name][k] for s in per_seed]))
-                   for k in (*SECONDARY, "best_val_psnr")}
-            for name in table}}
+            name: {"seeds": [s for s in per_seed if name in per_seed[s]],
+                   **{k: float(np.mean([r[name][k] for r in per_seed.values() if name in r]))
+                      for k in (*SECONDARY, "best_val_psnr")}}
+            for name in names}}
     if cohort_dir is not None and segmenter_dir is not None:
         report["endpoint"] = endpoint({v: {s: r for s, r in per.items()}
                                        for v, per in results.items()}, predicted, none)
