@@ -200,6 +200,7 @@ def build_cohort(spec: CohortSpec, phantom: PhantomConfig, image_size: int,
     Raises:
         ValueError: when the subjects have room for fewer than ``spec.min_lesions``.
     """
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from dataclasses import replace
 
@@ -209,7 +210,10 @@ def build_cohort(spec: CohortSpec, phantom: PhantomConfig, image_size: int,
     jobs = [(subject, spec, phantom, image_size, pixel_size_mm, hu_clip)
             for subject in range(spec.subjects)]
     if workers > 1:
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        # spawned, not forked: a caller that has run torch (a test session, a notebook)
+        # holds thread pools whose locks a forked child would inherit held
+        with ProcessPoolExecutor(min(workers, len(jobs)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_subject, jobs))
     else:
         results = [_subject(job) for job in jobs]
