@@ -127,7 +127,13 @@ def test_same_config_and_seed_give_the_same_metrics(tiny_repo, killed_repo):
     ours = numbers(json.loads((killed_repo / "reports/views/12/metrics.json").read_text()))
     theirs = numbers(json.loads((tiny_repo / "reports/views/12/metrics.json").read_text()))
     assert ours.keys() == theirs.keys() and len(ours) > 100
-    differences = {k: abs(ours[k] - theirs[k]) for k in ours}
+    # NaN where a score is undefined (an organ absent from a tiny slab: its HD95), in
+    # the same places in both; everything else equal within the tolerance
+    undefined = {k for k, v in theirs.items() if not np.isfinite(v)}
+    assert {k for k, v in ours.items() if not np.isfinite(v)} == undefined
+    task = ("/downstream_dice/", "/detectability/", "/lesion_", "/hallucinated/", "/lost/",
+            "/_task")
+    assert all(any(part in k for part in task) for k in undefined), sorted(undefined)[:5]
+    differences = {k: abs(ours[k] - theirs[k]) for k in ours if k not in undefined}
     worst = max(differences, key=differences.get)
     assert differences[worst] <= METRIC_TOLERANCE * max(1.0, abs(theirs[worst])), worst
-    assert np.isfinite(list(ours.values())).all()
