@@ -1,0 +1,299 @@
+"""The network of a trained model as an ONNX graph, in float and in INT8.
+
+A model is applied by :func:`sparsect.models.predict.predict`, whatever runs its
+network: 2.5D context, the prior input, mirror averaging and the data-consistency
+step stay in that one function, and only the call ``reconstruct_hu(fbp, prior)``
+changes runtime. :class:`OnnxModule` is a model whose network runs in onnxruntime;
+everything else (hyper-parameters, geometry, the CT operator of ``+dc``) is the
+torch module's.
+
+The graph's contract, the same for every exported model:
+
+- input ``fbp``: ``(batch, context, H, W)`` float32 FBP slices in **HU** (the slice
+  and its axial neighbours as channels for a 2.5D model; ``H, W`` the model's grid);
+  ``batch`` is dynamic;
+- input ``prior`` (threshold-prior models only): ``(batch, classes, H, W)`` one-hot
+  tissue classes of the FBP;
+- output ``recon``: ``(batch, 1, H, W)`` float32 in HU; output ``probs`` (models that
+  predict their prior): ``(batch, classes, H, W)`` tissue-class probabilities.
+
+The ``HU / hu_scale`` normalisation and its inverse are inside the graph, so a caller
+feeds and reads HU. Networks that apply the CT operator inside (``operator: true`` in
+the variant table) are not exported: ONNX has no sparse CT projector, and splitting
+the unrolled scheme into one graph per iteration with the projections in between
+would ship a model whose most expensive step is not in the file.
+
+Only torch is imported at the top: ``onnx`` and ``onnxruntime`` are imported where
+they are used, so the package loads on machines without them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsect.errors import InputError
+from sparsect.models.module import ReconModule
+
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+"""``sparsect reconstruct --runtime``: the torch module, its float ONNX graph, or the
+graph quantized to INT8."""
+
+OPSET = 18
+"""ONNX opset of the exported graphs (onnxruntime >= 1.14 runs it; TensorRT 8.6+ too)."""
+
+INT8_OPS = ("Conv", "MaxPool", "Resize", "Concat")
+"""Operators quantized to INT8. GroupNorm (exported as InstanceNormalization) and SiLU
+have no INT8 kernel in onnxruntime's CPU provider and stay in float; quantizing the
+shape-only operators between convolutions lets an INT8 tensor pass through them
+without a dequantize-quantize pair."""
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (names, shapes, values): an export
+    belongs to the weights it was made from, whatever file they were read from."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        array = value.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def check_exportable(module: ReconModule) -> None:
+    """Raises :class:`InputError` for a model whose network cannot be one ONNX graph:
+    one that applies the CT operator, or an upper bound that reads full-dose masks."""
+    name = module.hparams.get("variant") or "this model"
+    if module.needs_operator:
+        raise InputError(f"Model '{name}' applies the CT operator inside its network "
+                         "(operator: true in the variant table), which ONNX cannot express: "
+                         "run it with --runtime torch.")
+    if str(module.hparams.prior) == "oracle":
+        raise InputError(f"Model '{name}' reads full-dose masks (prior oracle) and is an upper "
+                         "bound, never deployed: export a deployable model such as sg_unet.")
+
+
+def input_names(module: ReconModule) -> list[str]:
+    return ["fbp", "prior"] if str(module.hparams.prior) == "threshold" else ["fbp"]
+
+
+def output_names(module: ReconModule) -> list[str]:
+    return ["recon", "probs"] if str(module.hparams.prior) == "predicted" else ["recon"]
+
+
+class _HUGraph(nn.Module):
+    """What is exported: HU in, HU (and class probabilities) out."""
+
+    def __init__(self, module: ReconModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, fbp: torch.Tensor, prior: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        recon, probs = self.module.reconstruct_hu(fbp, prior)
+        return recon if probs is None else (recon, probs)
+
+
+def example_inputs(module: ReconModule, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Inputs of the graph's shape: a uniform water-equivalent square in air."""
+    size = int(module.hparams.geometry["image_size"]) if module.hparams.geometry else 64
+    fbp = torch.full((batch, module.context, size, size), -1000.0)
+    fbp[..., size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
+    if "prior" not in input_names(module):
+        return (fbp,)
+    prior = torch.zeros(batch, int(module.hparams.num_classes), size, size)
+    prior[:, 0] = 1.0
+    return fbp, prior
+
+
+def export_onnx(module: ReconModule, path: Path, opset: int = OPSET) -> Path:
+    """Writes the network of ``module`` (eval mode, CPU) to ``path`` as one ONNX file
+    with a dynamic batch axis (see the module docstring for the contract).
+
+    Raises:
+        InputError: for a model that cannot be exported (:func:`check_exportable`).
+    """
+    import contextlib
+    import io
+    import warnings
+
+    check_exportable(module)
+    module = module.cpu().eval()
+    inputs = example_inputs(module)
+    batch = torch.export.Dim.DYNAMIC
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the exporter reports each of its steps on stdout and warns about its own internals
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_HUGraph(module).eval(), inputs, str(path),
+                          input_names=input_names(module), output_names=output_names(module),
+                          dynamic_shapes=tuple({0: batch} for _ in inputs),
+                          opset_version=opset, dynamo=True, external_data=False)
+    return path
+
+
+def session(path: Path, threads: int | None = None):  # noqa: ANN201 - an ort.InferenceSession
+    """An onnxruntime CPU session on ``threads`` threads (default: torch's thread count,
+    so that both runtimes get the same cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise InputError(f"ONNX file '{path}' cannot be loaded ({str(error).splitlines()[0]}): "
+                         "export the model again with `sparsect export`.") from None
+
+
+class OnnxModule:
+    """A trained model whose network runs in onnxruntime.
+
+    Behaves as the torch :class:`ReconModule` it wraps for everything
+    :func:`~sparsect.models.predict.predict` reads (``hparams``, ``context``,
+    ``device``, the CT operator of the data-consistency step); only
+    :meth:`reconstruct_hu` runs the ONNX graph at ``path``."""
+
+    def __init__(self, module: ReconModule, path: Path, runtime: str = "onnx",
+                 threads: int | None = None) -> None:
+        check_exportable(module)
+        self.module, self.path, self.runtime = module.cpu().eval(), Path(path), runtime
+        self.session = session(path, threads)
+        names = [item.name for item in self.session.get_inputs()]
+        if names != input_names(module):
+            raise InputError(f"ONNX file '{path}' takes inputs {names} but model "
+                             f"'{module.hparams.get('variant')}' needs {input_names(module)}: "
+                             "export this model again with `sparsect export`.")
+        self.outputs = [item.name for item in self.session.get_outputs()]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+    def reconstruct_hu(self, fbp_hu: torch.Tensor, prior_probs: torch.Tensor | None = None,
+                       sinogram: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As :meth:`ReconModule.reconstruct_hu`: ``(B, C, H, W)`` HU ->
+        ``((B, 1, H, W) HU, class probabilities | None)``."""
+        feeds = {"fbp": np.ascontiguousarray(fbp_hu.cpu().numpy(), np.float32)}
+        if prior_probs is not None and "prior" in input_names(self.module):
+            feeds["prior"] = np.ascontiguousarray(prior_probs.cpu().numpy(), np.float32)
+        results = self.session.run(self.outputs, feeds)
+        probs = torch.from_numpy(results[1]) if len(results) > 1 else None
+        return torch.from_numpy(results[0]), probs
+
+
+class _Recorder:
+    """Wraps a module and keeps every input its network is given (the calibration set
+    of :func:`quantize_int8`: exactly what :func:`predict` feeds, mirrored halves too)."""
+
+    def __init__(self, module: ReconModule) -> None:
+        self.module, self.feeds = module, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+    def reconstruct_hu(self, fbp_hu: torch.Tensor, prior_probs: torch.Tensor | None = None,
+                       sinogram: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for row in range(len(fbp_hu)):  # one slice a call: the calibrators' statistics
+            feed = {"fbp": fbp_hu[row: row + 1].numpy().astype(np.float32)}
+            if prior_probs is not None and "prior" in input_names(self.module):
+                feed["prior"] = prior_probs[row: row + 1].numpy().astype(np.float32)
+            self.feeds.append(feed)
+        return self.module.reconstruct_hu(fbp_hu, prior_probs, sinogram)
+
+
+def network_inputs(module: ReconModule, fbp_hu: np.ndarray, index: list) -> list[dict]:
+    """The graph inputs ``predict`` gives the network for the slices ``fbp_hu`` (one
+    feed per network input slice)."""
+    from sparsect.models.predict import predict
+
+    recorder = _Recorder(module)
+    predict(recorder, fbp_hu, index=index)
+    return recorder.feeds
+
+
+def kept_in_float(path: Path) -> list[str]:
+    """The nodes of the graph at ``path`` left in float by :func:`quantize_int8`: going
+    back from every output to the first convolution on each branch (the output heads,
+    the residual addition of the input slice, the HU scaling)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producer = {name: node for node in graph.node for name in node.output}
+    kept, stack = [], [output.name for output in graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in kept:
+            continue
+        kept.append(node.name)
+        if node.op_type != "Conv":
+            stack.extend(node.input)
+    return kept
+
+
+def describe_nodes(path: Path, names: Iterable[str]) -> list[str]:
+    """``"<op type> -> <its output>"`` for the nodes ``names`` of the graph at ``path``."""
+    import onnx
+
+    nodes = {node.name: node for node in onnx.load(str(path)).graph.node}
+    return [f"{nodes[name].op_type} -> {nodes[name].output[0]}" for name in names]
+
+
+def quantize_int8(float_path: Path, path: Path, feeds: list[dict], method: str = "minmax",
+                  ops: tuple[str, ...] = INT8_OPS, reduce_range: bool = True) -> list[str]:
+    """Static INT8 quantization of the float graph at ``float_path`` into ``path``:
+    QDQ format, per-channel signed weights, unsigned activations whose ranges are
+    calibrated on ``feeds`` by ``method`` (``minmax``, ``percentile`` or ``entropy``).
+    Returns the nodes kept in float (:func:`kept_in_float`), as ``op -> output``.
+
+    ``reduce_range``: 7-bit weights. x86 CPUs without VNNI multiply uint8 by int8 with
+    an instruction that saturates its 16-bit pair sums, so full-range weights give a
+    graph whose accuracy depends on the CPU it runs on; 7-bit weights cannot saturate
+    there, so the INT8 graph gives the same answer everywhere."""
+    import contextlib
+    import io
+    import tempfile
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise InputError(f"Calibration method '{method}' is unknown: use one of "
+                         f"{', '.join(methods)}.")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items: Iterator[dict] = iter(feeds)
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    # the calibrators report their progress on stdout
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(float_path), str(prepared))
+        kept = kept_in_float(prepared)
+        quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=list(ops),
+                        nodes_to_exclude=kept, calibrate_method=methods[method],
+                        reduce_range=reduce_range)
+        return describe_nodes(prepared, kept)
