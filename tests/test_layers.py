@@ -8,7 +8,8 @@ longest listed name wins):
 3. data: scans, phantoms, stores and loaders;
 4. evaluation.metrics, evaluation.statistics, evaluation.figures;
 5. models;
-6. settings, config, tracking, evaluation.report, registry, inference, stages, benchmarks,
+6. settings, config, tracking, evaluation.report, registry, inference, deploy, stages,
+   benchmarks,
    sweep;
 7. cli.
 
@@ -41,6 +42,7 @@ LAYERS: dict[str, int] = {
     "sparsect.evaluation.report": 6,
     "sparsect.registry": 6,
     "sparsect.inference": 6,
+    "sparsect.deploy": 6,
     "sparsect.stages": 6,
     "sparsect.benchmarks": 6,
     "sparsect.sweep": 6,

@@ -3,66 +3,18 @@ all go through ``sparsect.models.predict.predict`` and agree to the bit."""
 
 from __future__ import annotations
 
-import importlib.util
-from dataclasses import asdict
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
-from helpers import ROOT
+from helpers import GEOMETRY, bench_module, save_module, sinograms
 from sparsect.errors import InputError
 from sparsect.inference import Reconstructor
 from sparsect.models.checkpoint import load_module
-from sparsect.models.module import ReconModule
 from sparsect.models.predict import predict
-from sparsect.physics import Geometry, NoiseModel, Projector, hu_to_mu
 from sparsect.registry import ReconstructionModel
 from sparsect.stages.evaluate import HeldOut, run_model
-
-GEOMETRY = Geometry("parallel", views=16, image_size=32, pixel_size_mm=12.0)
-SGUNET = {"_target_": "sparsect.models.unet.SGUNet", "channels": 4, "depth": 3,
-          "seg_channels": 4}
-
-
-def save_module(path, prior: str, context: int, predict_prior: bool):
-    """A tiny checkpoint whose every weight matters (no zero-initialised heads), so
-    outputs depend on the neighbours and the prior input."""
-    torch.manual_seed(0)
-    module = ReconModule(
-        net={**SGUNET, "in_channels": context, "predict_prior": predict_prior}, prior=prior,
-        geometry=GEOMETRY.to_dict(), noise=asdict(NoiseModel(i0=1e5)),
-        acquisition={"upsample": 2, "filter": "ram-lak", "hu_clip": [-1024.0, 3071.0]})
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.normal_(0.0, 0.2)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)},
-               path)
-    return path
-
-
-def sinograms(count: int = 5) -> np.ndarray:
-    """Line integrals of discs of soft tissue, bone and lung, a different one per slice."""
-    size = GEOMETRY.image_size
-    yy, xx = np.mgrid[:size, :size] - size / 2
-    out = []
-    with Projector(GEOMETRY, "cpu") as projector:
-        for z in range(count):
-            hu = np.full((size, size), -1000.0, np.float32)
-            hu[xx**2 + yy**2 < 13**2] = 40.0
-            hu[(xx - 4 + z) ** 2 + yy**2 < 9] = 900.0
-            hu[xx**2 + (yy - 5) ** 2 < 16 + 4 * z] = -850.0
-            out.append(projector.forward(hu_to_mu(hu)))
-    return np.stack(out).astype(np.float32)
-
-
-def bench_module():
-    spec = importlib.util.spec_from_file_location(
-        "bench_reconstruct", ROOT / "scripts" / "bench_reconstruct.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(("prior", "context", "predict_prior"),

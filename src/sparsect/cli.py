@@ -165,6 +165,22 @@ def _report(args: argparse.Namespace) -> object:
     return report(_cfg(args), args.evaluations, args.out, args.external)
 
 
+def _export(args: argparse.Namespace) -> object:
+    from sparsect.deploy import export, export_champions
+
+    cfg = _cfg(args)
+    if args.promotion is not None:
+        if args.model is not None or args.summary is None:
+            raise InputError("--promotion exports every champion it lists into --out, with "
+                             "--summary: drop --model and give --summary.")
+        return export_champions(cfg, args.promotion, args.prepared, args.sim, args.out,
+                                args.summary)
+    from sparsect.registry import champion_uri
+
+    return export(cfg, args.model or champion_uri(cfg, args.views), args.prepared, args.sim,
+                  args.out)
+
+
 def _reconstruct(args: argparse.Namespace) -> object:
     from sparsect.inference import PriorMap, reconstruct_files
 
@@ -173,8 +189,12 @@ def _reconstruct(args: argparse.Namespace) -> object:
                          "LABELMAP or drop --prior-oracle.")
     prior = (None if args.prior is None
              else PriorMap(args.prior, args.prior_table, args.prior_oracle))
+    if args.runtime != "torch" and args.method != "model":
+        raise InputError(f"--runtime {args.runtime} runs a model's network, not --method "
+                         f"{args.method}: drop --runtime or use --method model.")
     written = reconstruct_files(_cfg(args), args.input, args.output, args.model, args.method,
-                                args.views, args.save_reference, args.series, args.dc, prior)
+                                args.views, args.save_reference, args.series, args.dc, prior,
+                                args.runtime, args.export)
     if prior is not None and prior.oracle:
         print(f"oracle: the map was made from this scan ({prior.path}), so the reconstruction "
               "is an upper bound, not what a new scan would get.")
@@ -277,6 +297,20 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     _command(commands, "promote", _promote, "register models and move the champion alias",
              paths=("prepared", "models", "evaluations", "out"))
 
+    p = _command(commands, "export", _export,
+                 "a model's network as ONNX (checked against torch) and INT8 (calibrated "
+                 "on validation), logged to its registry version", paths=("prepared", "sim", "out"))
+    p.add_argument("--model", default=None,
+                   help="models:/NAME@ALIAS or models:/NAME/VERSION (logged to that version), "
+                        "runs:/ID/model or a checkpoint (default: the sg_unet champion for "
+                        "--views)")
+    p.add_argument("--views", type=int, default=None)
+    p.add_argument("--promotion", type=Path, default=None,
+                   help="`sparsect promote`'s output: export every champion it lists into "
+                        "--out/<views>/<model> (the export stage)")
+    p.add_argument("--summary", type=Path, default=None,
+                   help="with --promotion: where the figures of every export are written")
+
     _command(commands, "ellipses", _ellipses,
              "dival's ellipses benchmark: FBP, TV, unet and lpd beside the published numbers "
              "(make ellipses)", paths=("out",))
@@ -326,6 +360,14 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--prior-table", default="totalsegmentator",
                    choices=["phantom", "totalsegmentator", "totalsegmentator_v1"],
                    help="label values of --prior (default: totalsegmentator)")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                   help="what runs the network: torch, its ONNX graph or the graph quantized to "
+                        "INT8 (onnxruntime, from the export logged to the model's registry "
+                        "version, or --export)")
+    p.add_argument("--export", type=Path, default=None, metavar="DIR",
+                   help="with --runtime onnx|onnx-int8: the folder `sparsect export` wrote "
+                        "(needed for a checkpoint; default for a registry model: its logged "
+                        "export)")
     p.add_argument("--prior-oracle", action="store_true",
                    help="the --prior map was made from this very scan: recorded as an oracle")
 

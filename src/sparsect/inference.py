@@ -369,15 +369,22 @@ def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str |
                       method: str = "model", views: int | None = None,
                       save_reference: bool = False, series: str | None = None,
                       data_consistency: bool = False,
-                      prior: PriorMap | None = None) -> list[Path]:
+                      prior: PriorMap | None = None, runtime: str = "torch",
+                      export_dir: Path | None = None) -> list[Path]:
     """``sparsect reconstruct``: ``model_uri`` (default: the ``sg_unet`` champion for
     ``views``) applied to ``input_path`` (``series``: the DICOM series to take from a
     folder holding several), with the settings of ``cfg``; ``data_consistency``: the
     model's data-consistency step after it (the ``+dc`` method); ``prior``: the label
-    map an oracle-prior model reads."""
+    map an oracle-prior model reads; ``runtime``: what runs the network (torch, or the
+    ONNX graph of :mod:`sparsect.deploy`'s export in ``export_dir``, by default the one
+    logged to the registry version)."""
+    from sparsect.deploy import runtime_module
     from sparsect.registry import champion_uri, resolve_model_uri
 
     uri = model_uri or champion_uri(cfg, views)
-    return run(input_path, output, resolve_model_uri(cfg, uri), method, views, save_reference,
+    module = resolve_model_uri(cfg, uri)
+    if method == "model":
+        module = runtime_module(cfg, module, runtime, uri, export_dir)
+    return run(input_path, output, module, method, views, save_reference,
                str(cfg.physics.device), int(cfg.baselines.sirt.iterations), series,
                data_consistency, prior)
