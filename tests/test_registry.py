@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -17,6 +19,7 @@ import pytest
 
 from helpers import BIN, ROOT, TINY_TRAINING, build_tiny_inputs, write_dicom_series
 from sparsect.config import load_params
+from sparsect.data.io import axial_slices
 from sparsect.errors import InputError
 from sparsect.registry import ALIAS, lock_path, promote, register, registry_lock, resolve_model_uri
 from sparsect.stages.simulate import simulate
@@ -283,3 +286,85 @@ def test_racing_promotions_leave_one_champion_the_best(trained, tmp_path, monkey
     for (_, own, _), (out, _) in zip(racers, outputs, strict=True):
         decision = json.loads(out.strip().splitlines()[-1])
         assert psnr[decision["champion"]] >= own - 0.05, decision
+
+
+@pytest.mark.slow
+def test_the_champion_exports_to_onnx_and_serves_over_http(trained, tmp_path):
+    """`sparsect export` logs the ONNX export to the champion's version; `reconstruct
+    --runtime onnx` reads it from there; `mlflow models serve` answers a sinogram with the
+    reconstruction `sparsect reconstruct` writes."""
+    cfg, root = trained
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": uri}
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        version = register(cfg, "sg_unet", root / "models0" / "sg_unet.ckpt", None, 30.0, "V1",
+                           {"psnr": 29.0})
+        promote(cfg, version, 0.05)
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    champion = f"models:/{version.name}@{ALIAS}"
+    (tmp_path / "sim").mkdir()
+    (tmp_path / "sim" / "16").symlink_to(root / "sim")  # the simulation at the model's views
+
+    def sparsect(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "sparsect"), *args, "--params",
+                               str(ROOT / "params.yaml")], env=env, capture_output=True,
+                              text=True, timeout=600, check=False)
+
+    done = sparsect("export", "--model", champion, "--prepared", str(root / "prepared"),
+                    "--sim", str(tmp_path / "sim"), "--out", str(tmp_path / "export"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    mlflow.set_tracking_uri(uri)
+    tags = mlflow.MlflowClient().get_model_version(version.name, version.version).tags
+    mlflow.set_tracking_uri(None)
+    assert tags["onnx"].startswith("runs:/") and tags["onnx"].endswith(f"/v{version.version}")
+    assert float(tags["onnx_max_abs_hu"]) <= 0.5 and tags["onnx_opset"] == "18"
+    assert json.loads(tags["onnx_contract"])["inputs"]["fbp"]["units"] == "HU"
+    assert float(tags["int8_worst_psnr_drop_db"]) >= float(tags["int8_psnr_drop_db"])
+
+    sinogram = np.array(np.load(root / "sim" / "test" / "sinogram.npy")[:3])
+    measured = tmp_path / "scan.npy"
+    np.save(measured, sinogram)
+    geometry = json.loads((root / "sim" / "geometry.json").read_text())["geometry"]
+    measured.with_suffix(".json").write_text(json.dumps(geometry))
+    volumes = {}
+    for runtime in ("torch", "onnx", "onnx-int8"):  # the export comes from the registry
+        output = tmp_path / f"{runtime}.nii.gz"
+        done = sparsect("reconstruct", str(measured), "-o", str(output), "--model", champion,
+                        "--runtime", runtime)
+        assert done.returncode == 0, done.stderr[-2000:]
+        volumes[runtime] = axial_slices(np.asarray(nib.load(output).dataobj, np.float32))
+    assert np.abs(volumes["onnx"] - volumes["torch"]).max() <= 1.0  # each rounded to HU
+    assert np.abs(volumes["onnx-int8"] - volumes["torch"]).mean() < 50.0
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", champion, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-2000:]
+                assert time.time() < deadline, "the model server did not answer /ping"
+                time.sleep(1)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": sinogram.tolist(),
+                             "params": {"input": "sinogram"}}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = np.asarray(json.loads(response.read())["predictions"], np.float32)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    assert answer.shape == sinogram.shape[:1] + volumes["torch"].shape[1:]
+    # the same reconstruction as `sparsect reconstruct`, which rounds to whole HU
+    assert np.abs(answer - volumes["torch"]).max() <= 0.5 + 1e-3
+    assert np.abs(answer).max() > 100.0  # an image, not zeros

@@ -60,13 +60,21 @@ def split_hash(prepared_dir: Path, split: str) -> str:
 
 
 class ReconstructionModel(_PythonModel):
-    """pyfunc wrapper: ``predict(fbp_hu (N, H, W) float32)`` -> HU ``(N, H, W)``.
+    """pyfunc wrapper: FBP slices or sinograms in, HU ``(N, H, W)`` out.
 
-    The input is consecutive axial slices of one volume (2.5D models read
-    neighbours from it); :func:`sparsect.models.predict.predict` applies the model
-    exactly as ``evaluate`` scored it. Models that read the measurements (``operator``
-    in the variant table) take ``{"fbp": (N, H, W), "sinogram": (N, views, bins)}``,
-    the sinogram in line integrals on the geometry the model records."""
+    ``predict(x)`` with ``params={"input": "fbp"}`` (the default) takes ``x`` as FBP
+    slices in HU, ``(N, H, W)`` float32; with ``params={"input": "sinogram"}`` it takes
+    the measured sinograms ``(N, views, bins)`` (line integrals, on the geometry the
+    model records) and makes their FBP with the model's filter first, as ``sparsect
+    reconstruct`` does. Either way the slices are consecutive axial slices of one volume
+    (2.5D models read neighbours from it), and
+    :func:`sparsect.models.predict.predict` applies the model exactly as ``evaluate``
+    scored it. Models that read the measurements (``operator`` in the variant table)
+    need the sinogram input (or, called from Python, ``{"fbp": ..., "sinogram": ...}``).
+
+    Served with ``mlflow models serve``, the request is
+    ``{"inputs": <nested list>, "params": {"input": "sinogram"}}`` and the answer
+    ``{"predictions": <(N, H, W) nested list>}``."""
 
     def load_context(self, context: Any) -> None:
         from sparsect.models.checkpoint import load_module
@@ -78,39 +86,81 @@ class ReconstructionModel(_PythonModel):
     def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
         from sparsect.models.predict import predict
 
+        kind = str((params or {}).get("input", "fbp"))
+        if kind not in INPUTS:
+            raise InputError(f"params input '{kind}' is unknown: use one of "
+                             f"{', '.join(INPUTS)}.")
         sinogram = None
         if isinstance(model_input, dict):
             sinogram = model_input.get("sinogram")
             model_input = model_input.get("fbp")
+        elif kind == "sinogram":
+            sinogram, model_input = _slices(model_input, "sinograms (N, views, bins)"), None
         if self.module.needs_operator and sinogram is None:
-            raise InputError("This model reads the measured sinogram: give "
-                             "{'fbp': (N, H, W) HU, 'sinogram': (N, views, bins)}.")
-        fbp = np.asarray(model_input, dtype=np.float32)
-        if fbp.ndim == 4 and fbp.shape[1] == 1:
-            fbp = fbp[:, 0]
-        if fbp.ndim != 3:
-            raise InputError(f"Model input has shape {fbp.shape}: give FBP slices in HU "
-                             "as (N, H, W), consecutive axial slices of one volume.")
+            raise InputError("This model reads the measured sinogram: send the sinograms "
+                             "with params {\"input\": \"sinogram\"}.")
         if sinogram is not None:
-            sinogram = np.asarray(sinogram, dtype=np.float32)
+            sinogram = self._check_sinogram(sinogram)
+        fbp = self._fbp(sinogram) if model_input is None else _slices(
+            model_input, "FBP slices in HU as (N, H, W), consecutive axial slices of one volume")
         return predict(self.module, fbp, sinogram=sinogram).images
+
+    def _check_sinogram(self, sinogram: np.ndarray) -> np.ndarray:
+        geometry = self.module.hparams.geometry
+        expected = (int(geometry["views"]), _detectors(geometry))
+        if sinogram.shape[1:] != expected:
+            raise InputError(f"Sinogram input has shape {sinogram.shape}: this model was "
+                             f"trained for (N, {expected[0]}, {expected[1]}) (views, bins).")
+        return sinogram
+
+    def _fbp(self, sinogram: np.ndarray) -> np.ndarray:
+        """The FBP in HU the model's inputs were made with (its recorded filter)."""
+        from sparsect.physics import Geometry, mu_to_hu
+        from sparsect.physics.reconstruct import reconstruct_stack
+
+        geometry = Geometry.from_dict(dict(self.module.hparams.geometry))
+        return mu_to_hu(reconstruct_stack("fbp", geometry, sinogram, device="auto",
+                                          filter=str(self.module.hparams.acquisition["filter"])))
+
+
+INPUTS = ("fbp", "sinogram")
+"""What the pyfunc model's input is (its ``params["input"]``)."""
+
+
+def _slices(values: Any, what: str) -> np.ndarray:
+    """``values`` as a float32 ``(N, A, B)`` array (one slice ``(A, B)`` and ``(N, 1, A, B)``
+    accepted)."""
+    array = np.asarray(values, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3:
+        raise InputError(f"Model input has shape {array.shape}: give {what}.")
+    return array
+
+
+def _detectors(geometry: dict[str, Any]) -> int:
+    from sparsect.physics import Geometry
+
+    return Geometry.from_dict(dict(geometry)).detector_count
 
 
 # What loading a registered model imports (the checkpoint reader, the networks, the
 # threshold prior); the sparsect package itself travels with the model (code_paths).
-MODEL_REQUIREMENTS = ("torch", "pytorch-lightning", "torchmetrics", "numpy", "scipy", "mlflow")
-OPERATOR_REQUIREMENTS = ("astra-toolbox",)
-"""Added for models that read the sinogram: their CT operator is ASTRA's matrix."""
+# ASTRA makes the FBP of a sinogram input (and is the CT operator of the models that
+# read the sinogram).
+MODEL_REQUIREMENTS = ("torch", "pytorch-lightning", "torchmetrics", "numpy", "scipy", "mlflow",
+                      "astra-toolbox")
 
 
-def model_requirements(operator: bool = False) -> list[str]:
-    """``MODEL_REQUIREMENTS`` (and ``OPERATOR_REQUIREMENTS`` for models that need the CT
-    operator) pinned to this environment. Given explicitly because MLflow's inference
-    of them loads the model in a subprocess: ~20 s per model."""
+def model_requirements() -> list[str]:
+    """``MODEL_REQUIREMENTS`` pinned to this environment. Given explicitly because
+    MLflow's inference of them loads the model in a subprocess: ~20 s per model."""
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for name in (*MODEL_REQUIREMENTS, *(OPERATOR_REQUIREMENTS if operator else ())):
+    for name in MODEL_REQUIREMENTS:
         try:
             pins.append(f"{name}=={version(name).split('+')[0]}")  # no local tag (+cpu)
         except PackageNotFoundError:
@@ -211,32 +261,17 @@ def _register(model: str, checkpoint: Path, checkpoint_hash: str, module, name: 
               run_id: str | None, selection_psnr: float, selection_set: str,
               test_metrics: dict[str, Any]):
     import mlflow
-    from mlflow.models import infer_signature
 
-    geometry, noise = dict(module.hparams.geometry), dict(module.hparams.noise)
-    size = int(geometry["image_size"])
-    example = np.zeros((1, size, size), np.float32)
-    example[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
-    if module.needs_operator:  # with the sinogram of that example
-        import torch
-
-        from sparsect.physics import Geometry, hu_to_mu
-        from sparsect.physics.operator import ct_operator
-
-        operator = ct_operator(Geometry.from_dict(geometry), "cpu")
-        with torch.no_grad():
-            sinogram = operator.forward(torch.from_numpy(hu_to_mu(example))).numpy()
-        example = {"fbp": example, "sinogram": sinogram}
-    signature = infer_signature(example, np.zeros((1, size, size), np.float32))
+    signature, example = pyfunc_signature(module)
     with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(
             run_name=f"register {name}"):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ReconstructionModel(),
             artifacts={"checkpoint": str(checkpoint)}, input_example=example,
-            signature=signature,
-            pip_requirements=model_requirements(module.needs_operator),
+            signature=signature, pip_requirements=model_requirements(),
             code_paths=[str(Path(__file__).resolve().parent)],
         )
+    geometry, noise = dict(module.hparams.geometry), dict(module.hparams.noise)
     tags = {
         **provenance_tags(),
         CHECKPOINT_TAG: checkpoint_hash,
@@ -251,6 +286,35 @@ def _register(model: str, checkpoint: Path, checkpoint_hash: str, module, name: 
            if isinstance(value, float)},
     }
     return mlflow.register_model(info.model_uri, name, tags=tags)
+
+
+def pyfunc_signature(module) -> tuple[Any, Any]:  # noqa: ANN001 - a ReconModule
+    """The served model's signature (any ``(N, A, B)`` float32 input, the ``input``
+    parameter, ``(N, H, W)`` out) and an input example: an FBP slice of a water square,
+    or for a model that reads the sinogram, that square's sinogram with
+    ``{"input": "sinogram"}``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    size = int(module.hparams.geometry["image_size"])
+    example = np.full((1, size, size), -1000.0, np.float32)
+    example[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
+    params = {"input": "fbp"}
+    if module.needs_operator:  # with the sinogram of that example
+        import torch
+
+        from sparsect.physics import Geometry, hu_to_mu
+        from sparsect.physics.operator import ct_operator
+
+        operator = ct_operator(Geometry.from_dict(dict(module.hparams.geometry)), "cpu")
+        with torch.no_grad():
+            example = operator.forward(torch.from_numpy(hu_to_mu(example))).numpy()
+        params = {"input": "sinogram"}
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size))]),
+        params=ParamSchema([ParamSpec("input", "string", "fbp")]))
+    return signature, (example, params) if module.needs_operator else example
 
 
 def promote(cfg: DictConfig, version, margin_db: float) -> dict[str, Any]:
