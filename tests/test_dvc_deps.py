@@ -50,7 +50,7 @@ def test_stage_src_deps_are_the_imports_of_its_command(stage, computed):
         "shows the difference.")
 
 
-OUTPUT_OPTIONS = {"--out", "--work"}  # what a command writes; --views is a number
+OUTPUT_OPTIONS = {"--out", "--work", "--summary"}  # what a command writes; --views is a number
 GENERATED = {"cohort"}  # made from its params alone (phantoms of their own seed)
 
 
