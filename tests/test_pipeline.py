@@ -144,6 +144,27 @@ def test_promote_stage_names_a_champion_per_view_count(tiny_repo):
 
 
 @pytest.mark.slow
+def test_export_stage_exports_each_sg_unet_champion_and_logs_it(tiny_repo):
+    summary = json.loads((tiny_repo / "reports" / "export.json").read_text())
+    assert summary["opset"] == 18 and summary["skipped"] == []
+    assert {(e["views"], e["model"]) for e in summary["exports"]} == {(12, "sg_unet"),
+                                                                       (24, "sg_unet")}
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
+    for entry in summary["exports"]:
+        assert entry["onnx_max_abs_hu"] <= 0.5 and entry["split"] == "val"
+        record = json.loads((tiny_repo / entry["folder"] / "export.json").read_text())
+        assert record["views"] == entry["views"] and record["source"] == entry["uri"]
+        assert record["int8"]["calibration"]["split"] == "val"
+        name = f"sparsect-parallel-{entry['views']}v-sg_unet"
+        tags = client.get_model_version_by_alias(name, "champion").tags
+        assert tags["onnx"].endswith("/onnx/v1")
+        assert float(tags["onnx_max_abs_hu"]) == pytest.approx(entry["onnx_max_abs_hu"],
+                                                               rel=1e-5)
+
+
+@pytest.mark.slow
 def test_hydra_multirun_over_view_counts(tiny_repo):
     env = {**tool_env(tiny_repo), "MLFLOW_TRACKING_URI": f"sqlite:///{tiny_repo / 'sweep.db'}"}
     sh("sparsect", "train", "-m", "experiment=tiny", "geometry.views=12,24",

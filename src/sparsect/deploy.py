@@ -16,8 +16,9 @@ logged to the version's run (``onnx/v<version>/``) and the version is tagged wit
 location, opset, parity and INT8 figures. ``sparsect reconstruct --runtime onnx`` reads
 it from there.
 
-The pipeline's ``export`` stage exports each champion of ``reports/promotion.json``;
-models that cannot be one ONNX graph (``operator: true``) are listed with the reason.
+The pipeline's ``export`` stage exports the champions of ``reports/promotion.json``
+(those of the variants in ``deploy.models``); models that cannot be one ONNX graph
+(``operator: true``) are listed with the reason.
 """
 
 from __future__ import annotations
@@ -230,10 +231,10 @@ def log_export(cfg: DictConfig, uri: str, folder: Path, record: dict[str, Any]) 
     interface = {key: record[key] for key in ("inputs", "outputs", "intensity", "grid", "views",
                                               "geometry")}
     tags = {TAG: location, "onnx_opset": str(record["opset"]),
-            "onnx_max_abs_hu": f"{record['parity']['max_abs_hu']:.6f}",
+            "onnx_max_abs_hu": f"{record['parity']['max_abs_hu']:.6g}",
             "onnx_contract": json.dumps(interface, sort_keys=True),
-            "int8_psnr_drop_db": f"{record['int8']['psnr_drop_db']:.6f}",
-            "int8_worst_psnr_drop_db": f"{record['int8']['worst_psnr_drop_db']:.6f}",
+            "int8_psnr_drop_db": f"{record['int8']['psnr_drop_db']:.6g}",
+            "int8_worst_psnr_drop_db": f"{record['int8']['worst_psnr_drop_db']:.6g}",
             "onnx_weights_sha256": record["weights_sha256"]}
     for key, value in tags.items():
         client.set_model_version_tag(version.name, version.version, key, value)
@@ -262,9 +263,14 @@ def export_champions(cfg: DictConfig, promotion: Path, prepared_dir: Path, sim_r
     from sparsect.models.variants import known_variant, variant_table
 
     table = variant_table(cfg)
+    chosen = cfg.deploy.get("models")
+    for name in chosen or ():
+        known_variant(table, str(name))
     summary: dict[str, Any] = {"opset": int(cfg.deploy.opset), "exports": [], "skipped": []}
     with atomic_dir(Path(out_root)) as tmp:
         for decision in read_json(Path(promotion))["decisions"]:
+            if chosen is not None and decision["model"] not in chosen:
+                continue
             uri = f"models:/{decision['name']}/{decision['champion']}"
             entry = {"views": int(decision["views"]), "model": decision["model"], "uri": uri}
             if known_variant(table, decision["model"]).operator:
