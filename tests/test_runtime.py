@@ -202,6 +202,11 @@ def test_a_graph_that_misses_parity_is_refused_and_nothing_is_written(tmp_path, 
                      "m.ckpt")
     assert not (tmp_path / "export").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]
+    cfg = load_params(ROOT / "params.yaml", ["deploy.int8.calibration=kl"])
+    with pytest.raises(InputError, match=r"'kl' \(deploy.int8.calibration\) is unknown"):
+        export_model(cfg, module, tmp_path / "prepared", tmp_path / "sim", tmp_path / "export",
+                     "m.ckpt")
+    assert not (tmp_path / "export").exists()
 
 
 def test_an_export_serves_only_the_weights_it_was_made_from(tmp_path, fbp):

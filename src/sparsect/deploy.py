@@ -41,6 +41,7 @@ from sparsect.models.predict import MIRROR_AVERAGE, predict
 from sparsect.models.runtime import (
     INT8_OPS,
     OnnxModule,
+    check_calibration,
     check_exportable,
     export_onnx,
     input_names,
@@ -135,6 +136,7 @@ def export_model(cfg: DictConfig, module: ReconModule, prepared_dir: Path, sim_r
     """
     settings = cfg.deploy
     check_exportable(module)
+    check_calibration(str(settings.int8.calibration))
     module = module.cpu().eval()
     geometry = Geometry.from_dict(dict(module.hparams.geometry))
     val = Validation.load(prepared_dir, Path(sim_root) / str(geometry.views), geometry)

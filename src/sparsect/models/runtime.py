@@ -121,6 +121,7 @@ def export_onnx(module: ReconModule, path: Path, opset: int = OPSET) -> Path:
     """
     import contextlib
     import io
+    import logging
     import warnings
 
     check_exportable(module)
@@ -129,13 +130,21 @@ def export_onnx(module: ReconModule, path: Path, opset: int = OPSET) -> Path:
     batch = torch.export.Dim.DYNAMIC
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the exporter reports each of its steps on stdout and warns about its own internals
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_HUGraph(module).eval(), inputs, str(path),
-                          input_names=input_names(module), output_names=output_names(module),
-                          dynamic_shapes=tuple({0: batch} for _ in inputs),
-                          opset_version=opset, dynamo=True, external_data=False)
+    # the exporter reports each of its steps on stdout, warns about its own internals and
+    # logs each torchvision operator it finds missing: none of it is about the user's model
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_HUGraph(module).eval(), inputs, str(path),
+                              input_names=input_names(module),
+                              output_names=output_names(module),
+                              dynamic_shapes=tuple({0: batch} for _ in inputs),
+                              opset_version=opset, dynamo=True, external_data=False)
+    finally:
+        exporter_log.setLevel(level)
     return path
 
 
@@ -249,6 +258,16 @@ def describe_nodes(path: Path, names: Iterable[str]) -> list[str]:
     return [f"{nodes[name].op_type} -> {nodes[name].output[0]}" for name in names]
 
 
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
+def check_calibration(method: str) -> None:
+    """Raises :class:`InputError` for a calibration method :func:`quantize_int8` lacks."""
+    if method not in CALIBRATIONS:
+        raise InputError(f"Calibration method '{method}' (deploy.int8.calibration) is unknown: "
+                         f"use one of {', '.join(CALIBRATIONS)}.")
+
+
 def quantize_int8(float_path: Path, path: Path, feeds: list[dict], method: str = "minmax",
                   ops: tuple[str, ...] = INT8_OPS, reduce_range: bool = True) -> list[str]:
     """Static INT8 quantization of the float graph at ``float_path`` into ``path``:
@@ -273,11 +292,9 @@ def quantize_int8(float_path: Path, path: Path, feeds: list[dict], method: str =
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    check_calibration(method)
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
-    if method not in methods:
-        raise InputError(f"Calibration method '{method}' is unknown: use one of "
-                         f"{', '.join(methods)}.")
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
