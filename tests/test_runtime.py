@@ -80,17 +80,36 @@ def test_the_onnx_graph_gives_torch_s_numbers_at_any_batch(tmp_path, fbp):
         path = export_onnx(module, tmp_path / f"{prior}.onnx")
         expected = predict(module, fbp)
         assert not np.allclose(expected.images, fbp, atol=5.0), prior  # the network acts
-        graph = OnnxModule(module, path)
+        graph = OnnxModule(module, path, threads=2)
         graph.session = CountingSession(graph.session)
+        graph.workers = [CountingSession(worker) for worker in graph.workers]
+        sessions = [graph.session, *graph.workers]
         for batch in (1, 2, 16):  # the batch axis is dynamic: 5 slices in 5, 3 or 1 calls
-            runs = graph.session.runs
+            runs = [item.runs for item in sessions]
             got = predict(graph, fbp, batch_size=batch)
-            assert graph.session.runs - runs == 2 * -(-len(fbp) // batch)  # with the mirror
+            # each call (twice per batch, with the mirror) runs the whole session on a
+            # single slice, or splits a larger batch between the two one-thread sessions
+            calls = [sessions[i].runs - runs[i] for i in range(3)]
+            single = sum(1 for start in range(0, len(fbp), batch)
+                         if min(batch, len(fbp) - start) < 2)
+            assert calls == [2 * single, *(2 * (-(-len(fbp) // batch) - single),) * 2], calls
             assert np.abs(got.images - expected.images).max() < 0.01, (prior, batch)
             if expected.classes is not None:
                 assert np.mean(got.classes == expected.classes) > 0.99, prior
         names = [item.name for item in onnx.load(str(path)).graph.input]
         assert names == (["fbp", "prior"] if prior == "threshold" else ["fbp"])
+
+
+def test_splitting_a_batch_between_sessions_changes_no_value(tmp_path, fbp):
+    module = models(tmp_path)["predicted"]
+    path = export_onnx(module, tmp_path / "p.onnx")
+    split = OnnxModule(module, path, threads=2)
+    whole = OnnxModule(module, path, threads=2)
+    whole.workers = []
+    assert len(split.workers) == 2
+    difference = np.abs(predict(split, fbp).images - predict(whole, fbp).images)
+    assert difference.max() < 1e-3  # equal here; float rounding may differ elsewhere
+    assert OnnxModule(module, path, threads=1).workers == []
 
 
 def test_models_that_cannot_be_one_graph_are_refused(tmp_path):

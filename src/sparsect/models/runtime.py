@@ -170,12 +170,22 @@ class OnnxModule:
     Behaves as the torch :class:`ReconModule` it wraps for everything
     :func:`~sparsect.models.predict.predict` reads (``hparams``, ``context``,
     ``device``, the CT operator of the data-consistency step); only
-    :meth:`reconstruct_hu` runs the ONNX graph at ``path``."""
+    :meth:`reconstruct_hu` runs the ONNX graph at ``path``.
+
+    With ``threads`` > 1 a batch of at least ``threads`` slices is split among
+    ``threads`` single-thread sessions that run at once (onnxruntime releases the GIL);
+    smaller batches go to one session on all threads. Measured on a 2-core machine
+    (sg_unet, 128 x 128, batch 16): 12.0-12.3 ms per slice and pass for the float and
+    the INT8 graph alike, against 14.9-17.9 (float) and 13.3-15.5 (INT8) for one
+    two-thread session at any batch size: GroupNorm, the INT8 graph's layout changes
+    and its (de)quantization barely use a second thread inside one session, and two
+    sessions keep both cores busy. The split changes no value (equal to the bit here)."""
 
     def __init__(self, module: ReconModule, path: Path, runtime: str = "onnx",
                  threads: int | None = None) -> None:
         check_exportable(module)
         self.module, self.path, self.runtime = module.cpu().eval(), Path(path), runtime
+        threads = int(threads or torch.get_num_threads())
         self.session = session(path, threads)
         names = [item.name for item in self.session.get_inputs()]
         if names != input_names(module):
@@ -183,9 +193,26 @@ class OnnxModule:
                              f"'{module.hparams.get('variant')}' needs {input_names(module)}: "
                              "export this model again with `sparsect export`.")
         self.outputs = [item.name for item in self.session.get_outputs()]
+        self.workers = [session(path, 1) for _ in range(threads)] if threads > 1 else []
+        self._pool = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.module, name)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        batch = len(feeds["fbp"])
+        if len(self.workers) < 2 or batch < len(self.workers):
+            return self.session.run(self.outputs, feeds)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(len(self.workers))
+        bounds = np.linspace(0, batch, len(self.workers) + 1).round().astype(int)
+        jobs = [self._pool.submit(worker.run, self.outputs,
+                                  {name: value[lo:hi] for name, value in feeds.items()})
+                for worker, lo, hi in zip(self.workers, bounds[:-1], bounds[1:], strict=True)]
+        parts = [job.result() for job in jobs]
+        return [np.concatenate([part[i] for part in parts]) for i in range(len(self.outputs))]
 
     def reconstruct_hu(self, fbp_hu: torch.Tensor, prior_probs: torch.Tensor | None = None,
                        sinogram: torch.Tensor | None = None
@@ -195,7 +222,7 @@ class OnnxModule:
         feeds = {"fbp": np.ascontiguousarray(fbp_hu.cpu().numpy(), np.float32)}
         if prior_probs is not None and "prior" in input_names(self.module):
             feeds["prior"] = np.ascontiguousarray(prior_probs.cpu().numpy(), np.float32)
-        results = self.session.run(self.outputs, feeds)
+        results = self._run(feeds)
         probs = torch.from_numpy(results[1]) if len(results) > 1 else None
         return torch.from_numpy(results[0]), probs
 
