@@ -175,11 +175,11 @@ class OnnxModule:
     With ``threads`` > 1 a batch of at least ``threads`` slices is split among
     ``threads`` single-thread sessions that run at once (onnxruntime releases the GIL);
     smaller batches go to one session on all threads. Measured on a 2-core machine
-    (sg_unet, 128 x 128, batch 16): 12.0-12.3 ms per slice and pass for the float and
-    the INT8 graph alike, against 14.9-17.9 (float) and 13.3-15.5 (INT8) for one
-    two-thread session at any batch size: GroupNorm, the INT8 graph's layout changes
-    and its (de)quantization barely use a second thread inside one session, and two
-    sessions keep both cores busy. The split changes no value (equal to the bit here)."""
+    (sg_unet at 60 views, 128 x 128, through predict, batches of 16): float 31.3-32.3
+    and INT8 22.8 ms per slice split, against 41.8 and 39.4 in one two-thread session,
+    because GroupNorm, the INT8 graph's layout changes and its (de)quantization barely
+    use a second thread inside one session, while two single-thread sessions keep both
+    cores busy. The split changes no value (equal to the bit here)."""
 
     def __init__(self, module: ReconModule, path: Path, runtime: str = "onnx",
                  threads: int | None = None) -> None:
