@@ -14,6 +14,7 @@ import numpy as np
 
 from sparsect.data import fpmath
 from sparsect.data.phantom.config import PhantomConfig
+from sparsect.data.phantom.draws import _draw_loop, _Draws, _Organ
 from sparsect.data.phantom.lower_abdomen import _draw_lower_abdomen
 from sparsect.data.phantom.materials import (
     _ENHANCEMENT,
@@ -26,41 +27,12 @@ from sparsect.data.phantom.materials import (
 from sparsect.data.phantom.shapes import _modulation, _superellipse_radius
 
 
-class _Organ(NamedTuple):
-    centre: tuple[float, float]  # (u, v) mm
-    semi: tuple[float, float]  # in-plane semi-axes, mm
-    angle: float  # rad, direction of the first semi-axis in (u, v)
-    z_centre: float  # mm
-    z_semi: float  # mm
-    coeffs: np.ndarray | None
-
-
 class _Arm(NamedTuple):
     outline: _Organ  # skin (in-plane only: the arm runs through the whole slab)
     fat: float  # subcutaneous fat, mm
     bone: tuple[float, float]  # (u, v) centre of the humerus, or between radius and ulna
     humerus: tuple[float, float]  # radius, cortex (mm)
     forearm: tuple[float, float, float]  # bone radius, cortex, half the distance between them
-
-
-class _Draws:
-    """Draws from one subject's anatomy generator; the call order fixes the anatomy."""
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-
-    def uniform(self, low: float, high: float) -> float:
-        return float(self.rng.uniform(low, high))
-
-    def harmonics(self, count: int, amplitude: float) -> np.ndarray:
-        """``(count, 2)`` amplitudes and phases of the outline harmonics of :func:`_modulation`."""
-        return np.stack(
-            [
-                fpmath.normal(self.rng, count, 0.0, amplitude),
-                self.rng.uniform(0.0, 2 * np.pi, count),
-            ],
-            axis=1,
-        )
 
 
 class _Anatomy:
@@ -262,8 +234,17 @@ class _Anatomy:
                 )
             )
         self.bowel = [
-            _draw_loop(draw, (-0.6, 0.25), (-0.05, 0.65), (a_c, b_c), (10.0, 22.0), (9.0, 18.0),
-                       self.h_left, (50.0, 150.0), (15.0, 40.0))
+            _draw_loop(
+                draw,
+                (-0.6, 0.25),
+                (-0.05, 0.65),
+                (a_c, b_c),
+                (10.0, 22.0),
+                (9.0, 18.0),
+                self.h_left,
+                (50.0, 150.0),
+                (15.0, 40.0),
+            )
             for _ in range(int(draw.rng.integers(5, 11)))
         ]
         self.bowel_gas = [draw.uniform(0.0, 1.0) < 0.3 for _ in self.bowel]
@@ -354,23 +335,6 @@ def _fraction(value: float, bounds: tuple[float, float]) -> float:
     """Where ``value`` lies in ``bounds``, 0 .. 1 (0.5 for an empty range)."""
     low, high = bounds
     return (value - low) / (high - low) if high > low else 0.5
-
-
-def _draw_loop(draw: _Draws, u: tuple[float, float], v: tuple[float, float],
-               scale: tuple[float, float], semi_u: tuple[float, float],
-               semi_v: tuple[float, float], z_top: float, drop: tuple[float, float],
-               z_semi: tuple[float, float]) -> _Organ:
-    """A bowel loop: an ellipsoid centred at uniform ``(u, v)`` times ``scale`` (the
-    cavity's semi-axes) and ``drop`` mm below ``z_top``, with uniform semi-axes and
-    orientation and a lumpy outline (drawn in that order)."""
-    return _Organ(
-        (draw.uniform(*u) * scale[0], draw.uniform(*v) * scale[1]),
-        (draw.uniform(*semi_u), draw.uniform(*semi_v)),
-        draw.uniform(0.0, np.pi),
-        z_top - draw.uniform(*drop),
-        draw.uniform(*z_semi),
-        draw.harmonics(2, 0.08),
-    )
 
 
 # --------------------------------------------------------------------------- outline profiles

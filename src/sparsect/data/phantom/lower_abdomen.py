@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from sparsect.data.phantom.draws import _draw_loop, _Draws, _Organ
 from sparsect.data.phantom.materials import _M
 
 if TYPE_CHECKING:
-    from sparsect.data.phantom.anatomy import _Anatomy, _Draws, _Organ
+    from sparsect.data.phantom.anatomy import _Anatomy
 
 
 class _Tube(NamedTuple):
@@ -60,13 +61,21 @@ def _bezier(p0: np.ndarray, control: np.ndarray, p1: np.ndarray, count: int) -> 
     return (1 - t) ** 2 * p0 + 2 * t * (1 - t) * control + t**2 * p1
 
 
-def _landmark(draw: _Draws, u: tuple[float, float], v: tuple[float, float], an: _Anatomy,
-              z_top: float, drop: tuple[float, float], side: float = 1.0) -> np.ndarray:
+def _landmark(
+    draw: _Draws,
+    u: tuple[float, float],
+    v: tuple[float, float],
+    an: _Anatomy,
+    z_top: float,
+    drop: tuple[float, float],
+    side: float = 1.0,
+) -> np.ndarray:
     """A point ``(u, v, z)``: uniform ``u`` (times ``side``: -1 is the patient's left) and
     ``v`` in units of the cavity's semi-axes, ``drop`` mm below ``z_top`` (drawn in that
     order)."""
-    return np.array([side * draw.uniform(*u) * an.a_c, draw.uniform(*v) * an.b_c,
-                     z_top - draw.uniform(*drop)])
+    return np.array(
+        [side * draw.uniform(*u) * an.a_c, draw.uniform(*v) * an.b_c, z_top - draw.uniform(*drop)]
+    )
 
 
 def _draw_colon(draw: _Draws, an: _Anatomy) -> list[_Tube]:
@@ -76,8 +85,7 @@ def _draw_colon(draw: _Draws, an: _Anatomy) -> list[_Tube]:
     hepatic = _landmark(draw, (0.45, 0.62), (-0.1, 0.15), an, an.h_right, (115.0, 150.0))
     splenic = _landmark(draw, (0.5, 0.65), (-0.25, 0.0), an, an.h_left, (70.0, 110.0), -1.0)
     caecum = _landmark(draw, (0.4, 0.6), (0.0, 0.3), an, an.h_right, (200.0, 240.0))
-    sigmoid_top = _landmark(draw, (0.5, 0.65), (-0.15, 0.1), an, an.h_right, (215.0, 250.0),
-                            -1.0)
+    sigmoid_top = _landmark(draw, (0.5, 0.65), (-0.15, 0.1), an, an.h_right, (215.0, 250.0), -1.0)
     r_ascending = draw.uniform(20.0, 28.0)
     r_caecum = r_ascending + draw.uniform(0.0, 7.0)
     r_transverse = draw.uniform(17.0, 26.0)
@@ -123,15 +131,24 @@ def _draw_colon(draw: _Draws, an: _Anatomy) -> list[_Tube]:
 def _draw_loops(draw: _Draws, an: _Anatomy, oral_contrast: bool) -> list[_Loop]:
     """Small-bowel loops: the upper ones of the anatomy stream (made smaller), and more in
     the mid and lower abdomen and pelvis; 10 to 25 in all, each with its content."""
-    from sparsect.data.phantom.anatomy import _draw_loop
-
     a_c, b_c = an.a_c, an.b_c
     organs = [
         o._replace(semi=tuple(min(max(0.7 * s, 8.0), 15.0) for s in o.semi)) for o in an.bowel
     ]
     for _ in range(int(draw.rng.integers(5, 16))):
-        organs.append(_draw_loop(draw, (-0.55, 0.55), (-0.15, 0.6), (a_c, b_c), (8.0, 15.0),
-                                 (8.0, 15.0), an.h_right, (110.0, 300.0), (15.0, 35.0)))
+        organs.append(
+            _draw_loop(
+                draw,
+                (-0.55, 0.55),
+                (-0.15, 0.6),
+                (a_c, b_c),
+                (8.0, 15.0),
+                (8.0, 15.0),
+                an.h_right,
+                (110.0, 300.0),
+                (15.0, 35.0),
+            )
+        )
     loops = []
     for organ in organs:
         u, fraction = draw.uniform(0.0, 1.0), draw.uniform(0.15, 0.5)
@@ -162,8 +179,6 @@ def _draw_pelvis(draw: _Draws, an: _Anatomy) -> _Pelvis:
     femoral_z = crest_z - draw.uniform(130.0, 160.0)
     centre = (draw.uniform(-10.0, 10.0), draw.uniform(0.1, 0.3) * b_c)
     bladder_semi = (draw.uniform(35.0, 60.0), draw.uniform(28.0, 45.0))
-    from sparsect.data.phantom.anatomy import _Organ
-
     return _Pelvis(
         crest_z=crest_z,
         promontory_z=crest_z - draw.uniform(15.0, 40.0),
