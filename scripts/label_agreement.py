@@ -24,9 +24,9 @@ import nibabel as nib
 import numpy as np
 
 from sparsect.priors.classes import NUM_TISSUE_CLASSES, TISSUE_CLASSES
+from sparsect.priors.labels import label_table
 from sparsect.priors.masks import FROM_HU, tissue_masks_from_hu, tissue_masks_from_labels_and_hu
 from sparsect.priors.totalsegmentator import STRUCTURES_V1, STRUCTURES_V2
-from sparsect.stages.masks import label_table
 
 STRUCTURE_NAMES = {"totalsegmentator": STRUCTURES_V2, "totalsegmentator_v1": STRUCTURES_V1}
 

@@ -18,7 +18,7 @@ from sparsect.models.module import ReconModule
 from sparsect.models.predict import predict
 from sparsect.physics import Geometry, NoiseModel, hu_to_mu
 from sparsect.physics.operator import ct_operator
-from sparsect.registry import ReconstructionModel
+from sparsect.serving import ReconstructionModel
 
 GEOMETRY = Geometry("parallel", views=16, image_size=32, pixel_size_mm=12.0)
 LPD = {"_target_": "sparsect.models.lpd.LearnedPrimalDual", "channels": 4, "iterations": 3}

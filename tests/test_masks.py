@@ -96,7 +96,7 @@ def test_labels_and_hu_equal_the_labels_for_a_table_that_covers_everything(torso
 
 
 def test_the_phantom_label_table_is_the_built_in_organ_table():
-    from sparsect.stages.masks import label_table
+    from sparsect.priors.labels import label_table
 
     table = label_table("phantom")
     assert table == ORGAN_TO_TISSUE and table is not ORGAN_TO_TISSUE  # a copy
@@ -105,7 +105,7 @@ def test_the_phantom_label_table_is_the_built_in_organ_table():
 
 
 def test_user_label_tables_take_class_names_or_hu():
-    from sparsect.stages.masks import label_table
+    from sparsect.priors.labels import label_table
 
     assert label_table({0: "hu", "5": "bone"}) == {0: FROM_HU, 5: BONE}
     with pytest.raises(InputError, match=r"maps 5 to 'cartilage'.*use one of .*, hu\.$"):

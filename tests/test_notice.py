@@ -15,8 +15,8 @@ import pytest
 
 from helpers import ROOT
 from sparsect.cli import build_parser
+from sparsect.data.outputs import save_nifti
 from sparsect.evaluation.report import markdown
-from sparsect.inference import _save_nifti
 from sparsect.notice import RESEARCH_NOTICE, RESEARCH_NOTICE_SHORT
 
 README_FIRST_SCREEN = 25  # lines
@@ -72,7 +72,7 @@ def test_help_survives_a_narrow_terminal(monkeypatch):
 def test_reconstructed_nifti_carries_the_short_notice(tmp_path, name):
     path = tmp_path / name
     volume = np.linspace(-1000, 1000, 4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
-    _save_nifti(path, volume, np.diag([2.0, 2.0, 4.0, 1.0]))
+    save_nifti(path, volume, np.diag([2.0, 2.0, 4.0, 1.0]))
     image = nib.load(path)
     raw = image.header["descrip"].item()
     assert isinstance(raw, bytes) and len(raw) <= 79

@@ -11,10 +11,12 @@ import pytest
 from helpers import GEOMETRY, bench_module, save_module, sinograms
 from sparsect.errors import InputError
 from sparsect.inference import Reconstructor
+from sparsect.methods.learned import Learned
 from sparsect.models.checkpoint import load_module
 from sparsect.models.predict import predict
-from sparsect.registry import ReconstructionModel
-from sparsect.stages.evaluate import HeldOut, run_model
+from sparsect.physics.acquisition import Acquisition
+from sparsect.serving import ReconstructionModel
+from sparsect.stages.evaluate import HeldOut
 
 
 @pytest.mark.parametrize(("prior", "context", "predict_prior"),
@@ -23,7 +25,7 @@ def test_four_entry_points_give_the_same_numbers(tmp_path, prior, context, predi
     checkpoint = save_module(tmp_path / "model.ckpt", prior, context, predict_prior)
     module = load_module(checkpoint)
     measured = sinograms()
-    fbp = Reconstructor(module, method="fbp", device="cpu").from_sinograms(measured)
+    fbp = Acquisition.of_module(module, device="cpu").fbp(measured)
     expected = predict(module, fbp).images
     assert not np.allclose(expected, fbp, atol=1.0)  # the network does something
 
@@ -31,22 +33,23 @@ def test_four_entry_points_give_the_same_numbers(tmp_path, prior, context, predi
     index = [["subject", z] for z in range(len(fbp))]
     split = HeldOut(target=fbp, index=index, subjects=np.array(["subject"] * len(fbp)),
                     fbp=fbp, sinograms=measured, geometry=GEOMETRY,
-                    true_masks=np.zeros(fbp.shape, np.uint8))
-    scored, dc = run_model(checkpoint, split)
-    assert dc is None
+                    true_masks=np.zeros(fbp.shape, np.uint8),
+                    acquisition=Acquisition.of_module(module).describe())
+    scored = Learned("model", module).apply(split.case(seed=0, device="cpu"))
+    assert list(scored) == ["model"]  # no data-consistency step recorded
     pyfunc = ReconstructionModel()
     pyfunc.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint)}))
     registered = pyfunc.predict(None, fbp)
     benchmarked = bench_module().reconstruct_volume(module, fbp)
 
-    for name, images in {"reconstruct": served, "evaluate": scored.images,
+    for name, images in {"reconstruct": served, "evaluate": scored["model"].images,
                          "pyfunc": registered, "benchmark": benchmarked}.items():
         assert np.array_equal(images, expected), name
 
 
 def test_neighbours_and_priors_are_what_the_model_reads(tmp_path):
     module = load_module(save_module(tmp_path / "model.ckpt", "threshold", 3, False))
-    fbp = Reconstructor(module, method="fbp", device="cpu").from_sinograms(sinograms(6))
+    fbp = Acquisition.of_module(module, device="cpu").fbp(sinograms(6))
     # two subjects of three slices: the same as predicting each volume on its own
     index = [["a", 0], ["a", 1], ["a", 2], ["b", 0], ["b", 1], ["b", 2]]
     both = predict(module, fbp, index=index, batch_size=4).images
@@ -105,7 +108,7 @@ def test_the_mirror_average_is_the_mean_of_the_slices_and_their_mirror_images(tm
     mirrored FBP are not exactly the mirrored classes.)"""
     tolerance = 1e-3
     module = load_module(save_module(tmp_path / "m.ckpt", "predicted", 1, True))
-    fbp = Reconstructor(module, "fbp").from_sinograms(sinograms(3))
+    fbp = Acquisition.of_module(module).fbp(sinograms(3))
     mirrored = np.ascontiguousarray(fbp[:, :, ::-1])
     single = predict(module, fbp, mirror_average=False).images
     single_mirrored = predict(module, mirrored, mirror_average=False).images[:, :, ::-1]
@@ -120,7 +123,7 @@ def test_the_mirror_average_is_the_mean_of_the_slices_and_their_mirror_images(tm
 def test_a_subset_of_slices_is_what_the_whole_stack_gives_for_them(tmp_path, prior):
     """``slices`` reconstructs only those slices, with neighbours from the whole stack."""
     module = load_module(save_module(tmp_path / "m.ckpt", prior, 3, prior == "predicted"))
-    fbp = Reconstructor(module, "fbp").from_sinograms(sinograms(5))
+    fbp = Acquisition.of_module(module).fbp(sinograms(5))
     oracle = (np.arange(5 * 32 * 32).reshape(5, 32, 32) % 5).astype(np.uint8)
     classes = oracle if prior == "oracle" else None
     whole = predict(module, fbp, full_dose_classes=classes)

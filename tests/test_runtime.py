@@ -16,9 +16,9 @@ from sparsect.cli import main
 from sparsect.config import load_params
 from sparsect.data.io import axial_slices
 from sparsect.data.store import save_array
-from sparsect.deploy import CONTRACT, FILES, export_model, runtime_module
+from sparsect.deploy import CONTRACT, FILES, export_model, network_inputs, runtime_module
 from sparsect.errors import InputError
-from sparsect.inference import Reconstructor
+from sparsect.methods.case import Case
 from sparsect.models.checkpoint import load_module
 from sparsect.models.module import ReconModule
 from sparsect.models.predict import predict
@@ -26,11 +26,11 @@ from sparsect.models.runtime import (
     OnnxModule,
     export_onnx,
     kept_in_float,
-    network_inputs,
     quantize_int8,
     weights_digest,
 )
 from sparsect.physics import NoiseModel
+from sparsect.physics.acquisition import Acquisition
 
 ACQUISITION = {"upsample": 2, "filter": "ram-lak", "hu_clip": [-1024.0, 3071.0]}
 
@@ -51,7 +51,7 @@ def unet_module() -> ReconModule:
 @pytest.fixture(scope="module")
 def fbp() -> np.ndarray:
     module = unet_module()
-    return Reconstructor(module, method="fbp", device="cpu").from_sinograms(sinograms())
+    return Acquisition.of_module(module, device="cpu").fbp(sinograms())
 
 
 class CountingSession:
@@ -129,7 +129,7 @@ def test_models_that_cannot_be_one_graph_are_refused(tmp_path):
 
 def test_calibration_reads_what_predict_feeds_the_network(fbp):
     module = unet_module()
-    feeds = network_inputs(module, fbp, None)
+    feeds = network_inputs(module, Case(fbp, None, None))
     assert len(feeds) == 2 * len(fbp)  # every slice and its mirror image
     first = feeds[0]["fbp"][0]
     assert np.array_equal(first, fbp[[0, 0, 1]])  # the edge slice repeats at the volume's end
@@ -139,8 +139,8 @@ def test_calibration_reads_what_predict_feeds_the_network(fbp):
 def test_int8_keeps_the_heads_and_the_residual_path_in_float(tmp_path, fbp):
     module = load_module(save_module(tmp_path / "p.ckpt", "predicted", 3, True))
     path = export_onnx(module, tmp_path / "float.onnx")
-    kept = quantize_int8(path, tmp_path / "int8.onnx", network_inputs(module, fbp, None),
-                         "minmax")
+    feeds = network_inputs(module, Case(fbp, None, None))
+    kept = quantize_int8(path, tmp_path / "int8.onnx", feeds, "minmax")
     assert any(item.startswith("Conv ->") for item in kept)
     assert any(item.endswith("-> recon") for item in kept)
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph

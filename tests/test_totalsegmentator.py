@@ -24,6 +24,7 @@ from sparsect.priors.classes import (
     NUM_TISSUE_CLASSES,
     SOFT_TISSUE,
 )
+from sparsect.priors.labels import label_table
 from sparsect.priors.masks import FROM_HU, tissue_masks_from_hu, tissue_masks_from_labels_and_hu
 from sparsect.priors.organs import NO_LABEL
 from sparsect.priors.totalsegmentator import (
@@ -33,7 +34,7 @@ from sparsect.priors.totalsegmentator import (
     TISSUE_TABLES,
     structure_tissue,
 )
-from sparsect.stages.masks import label_table, masks
+from sparsect.stages.masks import masks
 
 REALCT_DIRS = (ROOT.parent / "shared" / "realct", ROOT / "realct")
 SCAN, SEG = "abdomen_upper_ct.nii.gz", "abdomen_upper_ct_seg.nii.gz"

@@ -181,6 +181,23 @@ def _export(args: argparse.Namespace) -> object:
                   args.out)
 
 
+def _options(pairs: list[str]) -> dict[str, object] | None:
+    """``--option KEY=VALUE`` pairs as settings (values read as YAML: numbers stay numbers);
+    None when none is given."""
+    import yaml
+
+    if not pairs:
+        return None
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--option '{pair}' is not KEY=VALUE: write e.g. --option "
+                             "iterations=100.")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def _reconstruct(args: argparse.Namespace) -> object:
     from sparsect.inference import PriorMap, reconstruct_files
 
@@ -192,9 +209,12 @@ def _reconstruct(args: argparse.Namespace) -> object:
     if args.runtime != "torch" and args.method != "model":
         raise InputError(f"--runtime {args.runtime} runs a model's network, not --method "
                          f"{args.method}: drop --runtime or use --method model.")
+    if args.option and args.method == "model":
+        raise InputError("--option sets a classical method's settings: add --method (e.g. "
+                         "--method tv) or drop --option.")
     written = reconstruct_files(_cfg(args), args.input, args.output, args.model, args.method,
                                 args.views, args.save_reference, args.series, args.dc, prior,
-                                args.runtime, args.export)
+                                args.runtime, args.export, _options(args.option))
     if prior is not None and prior.oracle:
         print(f"oracle: the map was made from this scan ({prior.path}), so the reconstruction "
               "is an upper bound, not what a new scan would get.")
@@ -331,6 +351,9 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
 
 def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     """Commands for one's own data: reconstruct a scan or sinogram."""
+    from sparsect.methods.names import CLASSICAL
+    from sparsect.priors.labels import TABLE_NAMES
+
     p = _command(
         commands, "reconstruct", _reconstruct, "reconstruct a scan or sinogram with a model",
         description="Reconstruct a CT scan or sinogram with a trained model or a classical "
@@ -344,7 +367,12 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="models:/NAME@champion (default: the sg_unet champion for --views), "
                         "runs:/ID/model, or a checkpoint path")
-    p.add_argument("--method", default="model", choices=["model", "fbp", "sirt"])
+    p.add_argument("--method", default="model", choices=["model", *CLASSICAL],
+                   help="the model, or a classical method with the settings the registry "
+                        "version stores (tuned on validation) or those given by --option")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the classical --method (repeat it), e.g. --option "
+                        "weight=0.03 --option iterations=200; replaces the stored settings")
     p.add_argument("--save-reference", action="store_true",
                    help="also write the input on the model grid as <output stem>_reference")
     p.add_argument("--series", default=None, metavar="UID-or-NUMBER",
@@ -357,8 +385,7 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
                    help="label map (NIfTI) of an earlier scan of this patient, registered "
                         "rigidly to this scan's FBP and read by a model trained on external "
                         "masks (prior: oracle, e.g. sg_oracle); writes <output stem>.prior.json")
-    p.add_argument("--prior-table", default="totalsegmentator",
-                   choices=["phantom", "totalsegmentator", "totalsegmentator_v1"],
+    p.add_argument("--prior-table", default="totalsegmentator", choices=TABLE_NAMES,
                    help="label values of --prior (default: totalsegmentator)")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"],
                    help="what runs the network: torch, its ONNX graph or the graph quantized to "

@@ -23,6 +23,7 @@ The pipeline's ``export`` stage exports the champions of ``reports/promotion.jso
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -36,21 +37,25 @@ from omegaconf import DictConfig
 from sparsect.data.store import atomic_dir, atomic_write_json, load_array, read_json
 from sparsect.errors import InputError
 from sparsect.evaluation.metrics import psnr_hu
+from sparsect.methods.case import Case
+from sparsect.methods.learned import Learned
 from sparsect.models.module import ReconModule
-from sparsect.models.predict import MIRROR_AVERAGE, predict
+from sparsect.models.predict import MIRROR_AVERAGE
 from sparsect.models.runtime import (
     INT8_OPS,
     OnnxModule,
+    Recorder,
     check_calibration,
     check_exportable,
     export_onnx,
     input_names,
-    network_inputs,
     output_names,
     quantize_int8,
     weights_digest,
 )
 from sparsect.physics import Geometry
+from sparsect.physics.acquisition import Acquisition
+from sparsect.registry import model_version, resolve_model_uri
 
 FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 CONTRACT = "export.json"
@@ -120,6 +125,14 @@ def contract(module: ReconModule) -> dict[str, Any]:
     }
 
 
+def network_inputs(module: ReconModule, case: Case) -> list[dict]:
+    """The graph inputs the model's application gives the network for ``case`` (one feed
+    per network input slice, mirrored halves too): the INT8 calibration set."""
+    recorder = Recorder(module)
+    Learned("calibration", recorder).reconstruct(case)
+    return recorder.feeds
+
+
 def _psnr(images: np.ndarray, target: np.ndarray, cfg: DictConfig) -> np.ndarray:
     return psnr_hu(torch.from_numpy(np.asarray(images, np.float32)), torch.from_numpy(target),
                    float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max)).numpy()
@@ -143,8 +156,9 @@ def export_model(cfg: DictConfig, module: ReconModule, prepared_dir: Path, sim_r
     name = module.hparams.get("variant") or "model"
     with atomic_dir(Path(out_dir)) as tmp:
         float_path = export_onnx(module, tmp / FILES["onnx"], int(settings.opset))
-        reference = predict(module, val.fbp, index=val.index).images
-        exported = predict(OnnxModule(module, float_path), val.fbp, index=val.index).images
+        case = Case(val.fbp, None, Acquisition.of_module(module), index=val.index)
+        reference = Learned(name, module).reconstruct(case)
+        exported = Learned(name, OnnxModule(module, float_path)).reconstruct(case)
         max_abs = float(np.abs(exported - reference).max())
         limit = float(settings.parity_hu)
         if not max_abs <= limit:
@@ -155,11 +169,12 @@ def export_model(cfg: DictConfig, module: ReconModule, prepared_dir: Path, sim_r
         picks = np.unique(np.linspace(0, len(val.fbp) - 1,
                                       min(int(int8.calibration_slices), len(val.fbp))).round()
                           .astype(int))
-        feeds = network_inputs(module, val.fbp[picks], [val.index[i] for i in picks])
+        feeds = network_inputs(module, dataclasses.replace(
+            case, fbp=val.fbp[picks], index=[val.index[i] for i in picks]))
         kept = quantize_int8(float_path, tmp / FILES["onnx-int8"], feeds,
                              str(int8.calibration), tuple(INT8_OPS), bool(int8.reduce_range))
-        quantized = predict(OnnxModule(module, tmp / FILES["onnx-int8"], "onnx-int8"),
-                            val.fbp, index=val.index).images
+        quantized = Learned(name, OnnxModule(module, tmp / FILES["onnx-int8"], "onnx-int8")
+                            ).reconstruct(case)
         drop = _psnr(exported, val.target, cfg) - _psnr(quantized, val.target, cfg)
         worst = int(np.argmax(drop))
         record = {
@@ -194,25 +209,6 @@ def export_model(cfg: DictConfig, module: ReconModule, prepared_dir: Path, sim_r
     return record
 
 
-def _version(uri: str):  # noqa: ANN202 - an mlflow ModelVersion
-    """The registry version a ``models:/NAME@ALIAS`` or ``models:/NAME/N`` URI names."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    path = uri.removeprefix("models:/")
-    client = mlflow.MlflowClient()
-    try:
-        if "@" in path:
-            name, alias = path.split("@", 1)
-            return client.get_model_version_by_alias(name, alias)
-        name, _, number = path.partition("/")
-        return client.get_model_version(name, number)
-    except MlflowException as error:
-        raise InputError(f"Model '{uri}' is not in the registry "
-                         f"({str(error).splitlines()[0]}): check it with `mlflow models` or "
-                         "run `sparsect promote`.") from None
-
-
 def log_export(cfg: DictConfig, uri: str, folder: Path, record: dict[str, Any]) -> str:
     """Logs export ``folder`` to the run of registry version ``uri`` and tags the version
     with it; returns the ``runs:/`` location."""
@@ -221,7 +217,7 @@ def log_export(cfg: DictConfig, uri: str, folder: Path, record: dict[str, Any]) 
     from sparsect.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    version = _version(uri)
+    version = model_version(uri)
     client = mlflow.MlflowClient()
     run_id = version.run_id
     if not run_id:
@@ -247,7 +243,6 @@ def export(cfg: DictConfig, uri: str, prepared_dir: Path, sim_root: Path,
            out_dir: Path) -> dict[str, Any]:
     """``sparsect export --model URI``: export, then register when ``uri`` is a registry
     version."""
-    from sparsect.registry import resolve_model_uri
 
     module = resolve_model_uri(cfg, uri)
     record = export_model(cfg, module, prepared_dir, sim_root, out_dir, uri)
@@ -333,7 +328,7 @@ def _registered_export(cfg: DictConfig, uri: str) -> Path:
     from sparsect.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(cfg))
-    version = _version(uri)
+    version = model_version(uri)
     location = version.tags.get(TAG)
     if not location:
         raise InputError(f"Model '{uri}' (version {version.version}) has no ONNX export in the "

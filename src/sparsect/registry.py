@@ -2,7 +2,8 @@
 
 One registered model per geometry, view count and architecture, named
 ``sparsect-<beam>-<views>v-<model>`` (e.g. ``sparsect-parallel-60v-sg_unet``).
-Each version is a pyfunc model holding the checkpoint, loadable with
+Each version is a pyfunc model holding the checkpoint (the served model of
+:mod:`sparsect.serving`), loadable with
 ``mlflow.pyfunc.load_model("models:/NAME@champion")``; its tags carry what is
 needed to rebuild and judge it: geometry, noise, intensity normalisation,
 training-data hash, git commit, the hash of the frozen test set and the test
@@ -32,20 +33,34 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
 from omegaconf import DictConfig
 
 from sparsect.errors import InputError
+from sparsect.serving import PACKAGE_DIR, ReconstructionModel, model_requirements, pyfunc_signature
 from sparsect.tracking import CHECKPOINT_TAG, provenance_tags, sha256_file, tracking_uri
 
+# Versions already registered hold their pyfunc model pickled (by cloudpickle) as
+# ``sparsect.registry.ReconstructionModel``: the name must stay importable from here for
+# them to load.
+__all__ = [
+    "ALIAS",
+    "BASELINES_TAG",
+    "LOCK_FOLDER",
+    "LOCK_TIMEOUT_S",
+    "ReconstructionModel",
+    "champion_uri",
+    "lock_path",
+    "model_name",
+    "model_version",
+    "promote",
+    "register",
+    "registered_baselines",
+    "registry_lock",
+    "resolve_model_uri",
+    "split_hash",
+]
+
 ALIAS = "champion"
-
-try:  # the pyfunc wrapper needs mlflow; the rest of the package does not
-    import mlflow.pyfunc
-
-    _PythonModel = mlflow.pyfunc.PythonModel
-except ImportError:  # pragma: no cover - mlflow is a dependency of the pipeline
-    _PythonModel = object
 
 
 def model_name(geometry: dict[str, Any], model: str) -> str:
@@ -57,115 +72,6 @@ def split_hash(prepared_dir: Path, split: str) -> str:
     folder = Path(prepared_dir) / split
     parts = sha256_file(folder / "hu.npy") + sha256_file(folder / "index.json")
     return hashlib.sha256(parts.encode()).hexdigest()[:16]
-
-
-class ReconstructionModel(_PythonModel):
-    """pyfunc wrapper: FBP slices or sinograms in, HU ``(N, H, W)`` out.
-
-    ``predict(x)`` with ``params={"input": "fbp"}`` (the default) takes ``x`` as FBP
-    slices in HU, ``(N, H, W)`` float32; with ``params={"input": "sinogram"}`` it takes
-    the measured sinograms ``(N, views, bins)`` (line integrals, on the geometry the
-    model records) and makes their FBP with the model's filter first, as ``sparsect
-    reconstruct`` does. Either way the slices are consecutive axial slices of one volume
-    (2.5D models read neighbours from it), and
-    :func:`sparsect.models.predict.predict` applies the model exactly as ``evaluate``
-    scored it. Models that read the measurements (``operator`` in the variant table)
-    need the sinogram input (or, called from Python, ``{"fbp": ..., "sinogram": ...}``).
-
-    Served with ``mlflow models serve``, the request is
-    ``{"inputs": <nested list>, "params": {"input": "sinogram"}}`` and the answer
-    ``{"predictions": <(N, H, W) nested list>}``."""
-
-    def load_context(self, context: Any) -> None:
-        from sparsect.models.checkpoint import load_module
-
-        self.module = load_module(Path(context.artifacts["checkpoint"]))
-
-    # The np.ndarray hint tells MLflow not to derive a schema from hints (the
-    # signature is given at registration); without a hint it warns on every import.
-    def predict(self, context, model_input: np.ndarray, params=None):  # noqa: ANN001, ANN201
-        from sparsect.models.predict import predict
-
-        kind = str((params or {}).get("input", "fbp"))
-        if kind not in INPUTS:
-            raise InputError(f"params input '{kind}' is unknown: use one of "
-                             f"{', '.join(INPUTS)}.")
-        sinogram = None
-        if isinstance(model_input, dict):
-            sinogram = model_input.get("sinogram")
-            model_input = model_input.get("fbp")
-        elif kind == "sinogram":
-            sinogram, model_input = _slices(model_input, "sinograms (N, views, bins)"), None
-        if self.module.needs_operator and sinogram is None:
-            raise InputError("This model reads the measured sinogram: send the sinograms "
-                             "with params {\"input\": \"sinogram\"}.")
-        if sinogram is not None:
-            sinogram = self._check_sinogram(sinogram)
-        fbp = self._fbp(sinogram) if model_input is None else _slices(
-            model_input, "FBP slices in HU as (N, H, W), consecutive axial slices of one volume")
-        return predict(self.module, fbp, sinogram=sinogram).images
-
-    def _check_sinogram(self, sinogram: np.ndarray) -> np.ndarray:
-        geometry = self.module.hparams.geometry
-        expected = (int(geometry["views"]), _detectors(geometry))
-        if sinogram.shape[1:] != expected:
-            raise InputError(f"Sinogram input has shape {sinogram.shape}: this model was "
-                             f"trained for (N, {expected[0]}, {expected[1]}) (views, bins).")
-        return sinogram
-
-    def _fbp(self, sinogram: np.ndarray) -> np.ndarray:
-        """The FBP in HU the model's inputs were made with (its recorded filter)."""
-        from sparsect.physics import Geometry, mu_to_hu
-        from sparsect.physics.reconstruct import reconstruct_stack
-
-        geometry = Geometry.from_dict(dict(self.module.hparams.geometry))
-        return mu_to_hu(reconstruct_stack("fbp", geometry, sinogram, device="auto",
-                                          filter=str(self.module.hparams.acquisition["filter"])))
-
-
-INPUTS = ("fbp", "sinogram")
-"""What the pyfunc model's input is (its ``params["input"]``)."""
-
-
-def _slices(values: Any, what: str) -> np.ndarray:
-    """``values`` as a float32 ``(N, A, B)`` array (one slice ``(A, B)`` and ``(N, 1, A, B)``
-    accepted)."""
-    array = np.asarray(values, dtype=np.float32)
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim == 4 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 3:
-        raise InputError(f"Model input has shape {array.shape}: give {what}.")
-    return array
-
-
-def _detectors(geometry: dict[str, Any]) -> int:
-    from sparsect.physics import Geometry
-
-    return Geometry.from_dict(dict(geometry)).detector_count
-
-
-# What loading a registered model imports (the checkpoint reader, the networks, the
-# threshold prior); the sparsect package itself travels with the model (code_paths).
-# ASTRA makes the FBP of a sinogram input (and is the CT operator of the models that
-# read the sinogram).
-MODEL_REQUIREMENTS = ("torch", "pytorch-lightning", "torchmetrics", "numpy", "scipy", "mlflow",
-                      "astra-toolbox")
-
-
-def model_requirements() -> list[str]:
-    """``MODEL_REQUIREMENTS`` pinned to this environment. Given explicitly because
-    MLflow's inference of them loads the model in a subprocess: ~20 s per model."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for name in MODEL_REQUIREMENTS:
-        try:
-            pins.append(f"{name}=={version(name).split('+')[0]}")  # no local tag (+cpu)
-        except PackageNotFoundError:
-            pins.append(name)
-    return pins
 
 
 def _client(cfg: DictConfig):
@@ -237,11 +143,15 @@ def _find_version(client, name: str, checkpoint_hash: str):
 
 
 def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
-             selection_psnr: float, selection_set: str, test_metrics: dict[str, Any]):
+             selection_psnr: float, selection_set: str, test_metrics: dict[str, Any],
+             baselines: dict[str, dict[str, Any]] | None = None):
     """Registers ``checkpoint`` (or finds its existing version); returns the version.
 
     ``selection_psnr`` is the validation PSNR promotion compares, on the split
-    identified by ``selection_set``; ``test_metrics`` are recorded, never compared."""
+    identified by ``selection_set``; ``test_metrics`` are recorded, never compared;
+    ``baselines`` (method -> settings, chosen on validation at the model's view count)
+    are stored on the version (tag :data:`BASELINES_TAG`, also added to a version found
+    without it), so ``sparsect reconstruct --method tv`` runs them as they were scored."""
     from sparsect.models.checkpoint import load_module
 
     client = _client(cfg)
@@ -251,10 +161,13 @@ def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
     with registry_lock(cfg, name):  # two processes must not register one checkpoint twice
         checkpoint_hash = sha256_file(checkpoint)
         existing = _find_version(client, name, checkpoint_hash)
-        if existing is not None:
-            return existing
-        return _register(model, checkpoint, checkpoint_hash, module, name, run_id,
-                         selection_psnr, selection_set, test_metrics)
+        if existing is None:
+            existing = _register(model, checkpoint, checkpoint_hash, module, name, run_id,
+                                 selection_psnr, selection_set, test_metrics)
+        if baselines and BASELINES_TAG not in (existing.tags or {}):
+            client.set_model_version_tag(name, existing.version, BASELINES_TAG,
+                                         json.dumps(baselines, sort_keys=True))
+        return existing
 
 
 def _register(model: str, checkpoint: Path, checkpoint_hash: str, module, name: str,
@@ -269,7 +182,7 @@ def _register(model: str, checkpoint: Path, checkpoint_hash: str, module, name: 
             name="model", python_model=ReconstructionModel(),
             artifacts={"checkpoint": str(checkpoint)}, input_example=example,
             signature=signature, pip_requirements=model_requirements(),
-            code_paths=[str(Path(__file__).resolve().parent)],
+            code_paths=[str(PACKAGE_DIR)],
         )
     geometry, noise = dict(module.hparams.geometry), dict(module.hparams.noise)
     tags = {
@@ -288,33 +201,41 @@ def _register(model: str, checkpoint: Path, checkpoint_hash: str, module, name: 
     return mlflow.register_model(info.model_uri, name, tags=tags)
 
 
-def pyfunc_signature(module) -> tuple[Any, Any]:  # noqa: ANN001 - a ReconModule
-    """The served model's signature (any ``(N, A, B)`` float32 input, the ``input``
-    parameter, ``(N, H, W)`` out) and an input example: an FBP slice of a water square,
-    or for a model that reads the sinogram, that square's sinogram with
-    ``{"input": "sinogram"}``."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+BASELINES_TAG = "baselines"
+"""Version tag holding the classical methods' tuned settings at the model's view count."""
 
-    size = int(module.hparams.geometry["image_size"])
-    example = np.full((1, size, size), -1000.0, np.float32)
-    example[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
-    params = {"input": "fbp"}
-    if module.needs_operator:  # with the sinogram of that example
-        import torch
 
-        from sparsect.physics import Geometry, hu_to_mu
-        from sparsect.physics.operator import ct_operator
+def model_version(uri: str):  # noqa: ANN201 - an mlflow ModelVersion
+    """The registry version a ``models:/NAME@ALIAS`` or ``models:/NAME/N`` URI names (in the
+    tracking store already set).
 
-        operator = ct_operator(Geometry.from_dict(dict(module.hparams.geometry)), "cpu")
-        with torch.no_grad():
-            example = operator.forward(torch.from_numpy(hu_to_mu(example))).numpy()
-        params = {"input": "sinogram"}
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size))]),
-        params=ParamSchema([ParamSpec("input", "string", "fbp")]))
-    return signature, (example, params) if module.needs_operator else example
+    Raises:
+        InputError: no such version.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    path = uri.removeprefix("models:/")
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in path:
+            name, alias = path.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, number = path.partition("/")
+        return client.get_model_version(name, number)
+    except MlflowException as error:
+        raise InputError(f"Model '{uri}' is not in the registry "
+                         f"({str(error).splitlines()[0]}): check it with `mlflow models` or "
+                         "run `sparsect promote`.") from None
+
+
+def registered_baselines(cfg: DictConfig, uri: str) -> dict[str, dict[str, Any]]:
+    """The classical methods' tuned settings stored on registry version ``uri`` (empty for
+    a run, a checkpoint, or a version registered before they were stored)."""
+    if not uri.startswith("models:/"):
+        return {}
+    _client(cfg)
+    return json.loads(model_version(uri).tags.get(BASELINES_TAG) or "{}")
 
 
 def promote(cfg: DictConfig, version, margin_db: float) -> dict[str, Any]:

@@ -8,12 +8,13 @@ its module and data from those (:func:`sparsect.stages.train.module_from_cfg`).
 
 from __future__ import annotations
 
-from typing import Any
+import os
 
 from omegaconf import DictConfig
 
 from sparsect.errors import InputError
 from sparsect.physics import Geometry, NoiseModel
+from sparsect.physics.acquisition import Acquisition
 
 
 def geometry_from_cfg(cfg: DictConfig, views: int | None = None) -> Geometry:
@@ -50,8 +51,25 @@ def noise_from_cfg(cfg: DictConfig) -> NoiseModel:
         ) from None
 
 
-def acquisition_from_cfg(cfg: DictConfig) -> dict[str, Any]:
-    """How training data are made from reference scans, as recorded in checkpoints:
-    the simulation grid (``physics.upsample``), the FBP filter and the HU clip."""
-    return {"upsample": int(cfg.physics.upsample), "filter": str(cfg.physics.filter),
-            "hu_clip": [float(v) for v in cfg.data.hu_clip]}
+def acquisition_from_cfg(cfg: DictConfig, views: int | None = None,
+                         device: str | None = None) -> Acquisition:
+    """The acquisition of ``cfg`` at ``views`` (default ``geometry.views``): geometry, noise,
+    simulation grid (``physics.upsample``), FBP filter, HU clip, seed and device
+    (``physics.device`` unless ``device`` is given)."""
+    geometry, noise = geometry_from_cfg(cfg, views), noise_from_cfg(cfg)
+    try:
+        return Acquisition(geometry, noise, upsample=int(cfg.physics.upsample),
+                           filter=str(cfg.physics.filter),
+                           hu_clip=tuple(float(v) for v in cfg.data.hu_clip),
+                           seed=int(cfg.seed),
+                           device=str(device if device is not None else cfg.physics.device))
+    except ValueError as error:
+        raise InputError(f"Invalid physics setting ({str(error).rstrip('.')}): set "
+                         "physics.upsample to an integer >= 1 and physics.filter to a known "
+                         "FBP filter.") from None
+
+
+def workers_from_cfg(cfg: DictConfig, workers: int | None = None) -> int:
+    """Processes for simulation and slice-by-slice reconstruction: ``workers``, else
+    ``physics.workers``, else every core."""
+    return int(workers or cfg.physics.get("workers") or os.cpu_count() or 1)

@@ -42,6 +42,17 @@ def _strip_suffix(path: Path) -> tuple[str, str] | None:
     return None
 
 
+def scan_name(path: Path) -> str:
+    """A scan's name: its file name without the scan suffix (a folder's own name), as
+    :func:`find_scans` names a subject (the name keys the scan's simulated noise).
+
+    >>> scan_name(Path("realct/abdomen_ct.nii.gz")), scan_name(Path("realct/abdomen_dicom"))
+    ('abdomen_ct', 'abdomen_dicom')
+    """
+    stripped = _strip_suffix(Path(path))
+    return Path(path).name if stripped is None else stripped[0]
+
+
 def is_dicom_input(path: Path) -> bool:
     """Whether ``path`` is a DICOM file, or a folder holding DICOM files at any depth."""
     path = Path(path)

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sparsect.data.store import atomic_write_bytes, atomic_write_json
+from sparsect.methods.names import DC_SUFFIX
 from sparsect.notice import RESEARCH_NOTICE
 
 CLASSICAL = ("fbp", "sirt", "tv")
@@ -28,10 +29,6 @@ SUMMARY_BASELINES = ("fbp", "tv")
 """Classical methods in ``summary.json``: FBP and the strongest classical baseline."""
 SUMMARY_LIMIT = 12
 """At most this many numbers in ``summary.json``."""
-
-
-DC_SUFFIX = "+dc"
-"""Suffix of a model's data-consistent form (:mod:`sparsect.models.consistency`)."""
 
 
 def method_order(names: Iterable[str], models: Sequence[str] = ()) -> list[str]:

@@ -227,7 +227,7 @@ class OnnxModule:
         return torch.from_numpy(results[0]), probs
 
 
-class _Recorder:
+class Recorder:
     """Wraps a module and keeps every input its network is given (the calibration set
     of :func:`quantize_int8`: exactly what :func:`predict` feeds, mirrored halves too)."""
 
@@ -246,16 +246,6 @@ class _Recorder:
                 feed["prior"] = prior_probs[row: row + 1].numpy().astype(np.float32)
             self.feeds.append(feed)
         return self.module.reconstruct_hu(fbp_hu, prior_probs, sinogram)
-
-
-def network_inputs(module: ReconModule, fbp_hu: np.ndarray, index: list) -> list[dict]:
-    """The graph inputs ``predict`` gives the network for the slices ``fbp_hu`` (one
-    feed per network input slice)."""
-    from sparsect.models.predict import predict
-
-    recorder = _Recorder(module)
-    predict(recorder, fbp_hu, index=index)
-    return recorder.feeds
 
 
 def kept_in_float(path: Path) -> list[str]:

@@ -41,23 +41,17 @@ from sparsect.priors.classes import (
     SOFT_TISSUE,
     TISSUE_CLASSES,
 )
+from sparsect.priors.labels import TABLE_NAMES, label_table
 from sparsect.priors.masks import FROM_HU, tissue_masks_from_labels_and_hu
-from sparsect.priors.organs import ORGAN_TO_TISSUE
-from sparsect.priors.totalsegmentator import TISSUE_TABLES
 
 __all__ = [
     "MIN_COVERAGE",
     "PSEUDO_HU",
-    "TABLE_NAMES",
     "RegisteredPrior",
-    "prior_table",
     "read_label_map",
     "register_label_map",
     "sitk_image",
 ]
-
-TABLE_NAMES: tuple[str, ...] = ("phantom", *TISSUE_TABLES)
-"""Names :func:`prior_table` knows: the built-in phantoms' organ table and TotalSegmentator's."""
 
 PSEUDO_HU: dict[int, float] = {
     BACKGROUND: -1000.0,
@@ -102,23 +96,6 @@ class RegisteredPrior:
     classes: np.ndarray
     labels: np.ndarray
     record: dict[str, Any] = field(default_factory=dict)
-
-
-def prior_table(spec: str | Mapping[int, int]) -> dict[int, int]:
-    """Label value -> tissue class index (or ``FROM_HU``) of a table name of
-    :data:`TABLE_NAMES`, or ``spec`` itself when it is a mapping.
-
-    Raises:
-        InputError: if ``spec`` is an unknown name; use one of :data:`TABLE_NAMES`.
-    """
-    if not isinstance(spec, str):
-        return {int(label): int(tissue) for label, tissue in spec.items()}
-    if spec == "phantom":
-        return dict(ORGAN_TO_TISSUE)
-    if spec in TISSUE_TABLES:
-        return dict(TISSUE_TABLES[spec])
-    raise InputError(f"Label table '{spec}' is unknown: use one of "
-                     + ", ".join(TABLE_NAMES) + ".")
 
 
 def read_label_map(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +189,7 @@ def _euler_record(transform, final_metric: float, initial_metric: float,  # noqa
 
 
 def register_label_map(path: Path, fixed_hu: np.ndarray, fixed_affine: np.ndarray,
-                       table: str | Mapping[int, int] = "totalsegmentator",
+                       table: str | Mapping = "totalsegmentator",
                        seed: int = 0) -> RegisteredPrior:
     """Registers label map ``path`` rigidly to the scan ``fixed_hu`` and resamples it there.
 
@@ -221,7 +198,9 @@ def register_label_map(path: Path, fixed_hu: np.ndarray, fixed_affine: np.ndarra
         fixed_hu: ``(x, y, z)`` RAS+ volume in HU of the current scan (its sparse-view
             FBP), on the grid of ``fixed_affine``.
         fixed_affine: its voxel -> world (mm, RAS+) affine.
-        table: a name of :data:`TABLE_NAMES` or a label value -> class mapping.
+        table: a label table (:func:`sparsect.priors.labels.label_table`): a name of
+            :data:`~sparsect.priors.labels.TABLE_NAMES` or a mapping label value ->
+            tissue class name or ``"hu"``.
         seed: seed (>= 0) of the metric's random samples; the result is deterministic in it.
 
     Returns:
@@ -239,7 +218,7 @@ def register_label_map(path: Path, fixed_hu: np.ndarray, fixed_affine: np.ndarra
     import SimpleITK as sitk
 
     path = Path(path)
-    table = prior_table(table)
+    table = label_table(table)
     fixed_hu = np.asarray(fixed_hu, np.float32)
     if fixed_hu.ndim != 3:
         raise InputError(f"The scan to register label map '{path}' to has shape "

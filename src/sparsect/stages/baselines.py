@@ -33,7 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 from sparsect.data.store import atomic_dir, atomic_write_json, load_array, read_json, save_array
 from sparsect.errors import InputError
 from sparsect.evaluation.metrics import psnr_hu, ssim_hu
+from sparsect.methods.case import Case
+from sparsect.methods.classical import Classical
 from sparsect.physics import Geometry, mu_to_hu
+from sparsect.physics.acquisition import Acquisition
 from sparsect.physics.reconstruct import (
     DEFAULT_MAX_MIB,
     check_options,
@@ -173,11 +176,14 @@ def baselines(cfg: DictConfig, sim_dir: Path, out_dir: Path, prepared_dir: Path 
                   f"(val PSNR {result['psnr']:.2f} dB, untuned {result['default_psnr']:.2f}; "
                   f"{len(result['trials'])} settings, {time.perf_counter() - start:.0f} s)",
                   file=sys.stderr)
-    sinograms = np.asarray(load_array(Path(sim_dir) / split, "sinogram"))
+    case = Case(load_array(Path(sim_dir) / split, "fbp"),
+                np.asarray(load_array(Path(sim_dir) / split, "sinogram")),
+                Acquisition.from_record(header["geometry"], header["noise"], header,
+                                        int(cfg.seed), run["device"]))
     with atomic_dir(Path(out_dir)) as tmp:
         for method, options in chosen.items():
-            save_array(tmp, method, mu_to_hu(reconstruct_stack(method, geometry, sinograms,
-                                                               **run, **options)))
+            classical = Classical(method, dict(options), run["max_mib"], run["workers"])
+            save_array(tmp, method, classical.apply(case)[method].images)
         atomic_write_json(tmp / "settings.json", {
             "split": split, "methods": chosen, "defaults": defaults, "tuning": tuning,
             "geometry": header["geometry"]})

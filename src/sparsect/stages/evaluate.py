@@ -31,27 +31,14 @@ from omegaconf import DictConfig
 from sparsect.data.store import atomic_dir, atomic_write_json, load_array, read_json
 from sparsect.evaluation.figures import panel, residual_panel
 from sparsect.evaluation.metrics import mean_dice, psnr_hu, rmse_hu, ssim_hu
-from sparsect.evaluation.report import DC_SUFFIX
 from sparsect.evaluation.statistics import per_slice_region_metrics, region_masks, summarise
-from sparsect.models.checkpoint import load_module
-from sparsect.models.predict import Prediction, predict
-from sparsect.models.variants import known_variant, variant_table
+from sparsect.methods.case import Case, Output
+from sparsect.methods.classical import Classical
+from sparsect.methods.loading import load_methods
 from sparsect.physics import Geometry, hu_to_mu
+from sparsect.physics.acquisition import Acquisition
 from sparsect.physics.operator import ct_operator
 from sparsect.priors.classes import NUM_TISSUE_CLASSES
-
-
-def run_model(checkpoint: Path, split: HeldOut) -> tuple[Prediction, dict | None]:
-    """Applies a checkpoint to the test split through :func:`predict`, with its
-    data-consistency step where it records one; returns the prediction and that step.
-
-    Only an oracle (an upper bound) is given the full-dose masks."""
-    module = load_module(checkpoint)
-    full_dose = split.true_masks if module.hparams.prior == "oracle" else None
-    dc = dict(module.hparams.dc) if module.hparams.get("dc") else None
-    return predict(module, split.fbp, index=split.index, full_dose_classes=full_dose,
-                   sinogram=split.sinograms, geometry=split.geometry,
-                   data_consistency=dc is not None), dc
 
 
 def image_metrics(pred: np.ndarray, target: np.ndarray, hu_min: float, hu_max: float
@@ -98,47 +85,60 @@ class HeldOut:
     sinograms: np.ndarray
     geometry: Geometry
     true_masks: np.ndarray
+    acquisition: dict
+    """What ``simulate`` recorded: geometry, noise, simulation grid, FBP filter."""
+
+    def case(self, seed: int = 0, device: str = "auto") -> Case:
+        """The split as the methods read it (the method layer hands the full-dose masks to
+        an oracle only)."""
+        return Case(self.fbp, self.sinograms,
+                    Acquisition.from_record(self.acquisition["geometry"],
+                                            self.acquisition["noise"], self.acquisition,
+                                            seed, device),
+                    index=self.index, full_dose_classes=self.true_masks)
 
     @classmethod
     def load(cls, prepared_dir: Path, sim_dir: Path, masks_dir: Path) -> HeldOut:
         # copies in memory (the test split is small), writable as torch expects
         index = read_json(Path(prepared_dir) / "test" / "index.json")
+        header = read_json(Path(sim_dir) / "geometry.json")
         return cls(
             target=np.array(load_array(Path(prepared_dir) / "test", "hu")),
             index=index,
             subjects=np.array([subject for subject, _ in index]),
             fbp=np.array(load_array(Path(sim_dir) / "test", "fbp")),
             sinograms=np.array(load_array(Path(sim_dir) / "test", "sinogram")),
-            geometry=Geometry.from_dict(read_json(Path(sim_dir) / "geometry.json")["geometry"]),
+            geometry=Geometry.from_dict(header["geometry"]),
             true_masks=np.array(load_array(Path(masks_dir) / "test", "masks")),
+            acquisition=header,
         )
 
 
 def reconstructions(cfg: DictConfig, split: HeldOut, models_dir: Path,
-                    baselines_dir: Path | None) -> tuple[dict, dict, dict]:
+                    baselines_dir: Path | None, views: int) -> tuple[dict, dict, dict]:
     """Every method's test images, with per-model extras (prior, upper bound, Dice)
-    and the tissue classes predicted by predicted-prior models."""
-    images = {"fbp": split.fbp}
-    if baselines_dir is not None:
-        for method in read_json(Path(baselines_dir) / "settings.json")["methods"]:
-            images[method] = np.array(load_array(Path(baselines_dir), method))
-    extra: dict[str, dict] = {name: {} for name in images}
+    and the tissue classes predicted by predicted-prior models.
+
+    The classical baselines' test images are the ones ``baselines@<views>`` wrote: that
+    stage ran these very methods, with these settings, on this split."""
+    case = split.case(int(cfg.seed), str(cfg.physics.device))
+    images: dict[str, np.ndarray] = {}
+    extra: dict[str, dict] = {}
     predicted_masks = {}
-    table = variant_table(cfg)
-    for name, info in read_json(Path(models_dir) / "summary.json").items():
-        variant = known_variant(table, name)
-        prediction, dc = run_model(Path(models_dir) / info["checkpoint"], split)
-        images[name], classes = prediction.images, prediction.classes
-        extra[name] = {"prior": variant.prior, "upper_bound": variant.upper_bound}
-        if prediction.consistent is not None:
-            images[name + DC_SUFFIX] = prediction.consistent
-            extra[name + DC_SUFFIX] = {**extra[name], "data_consistency": dc}
-        if classes is not None and variant.prior == "predicted":
-            dice = mean_dice(torch.from_numpy(classes), torch.from_numpy(split.true_masks),
-                             NUM_TISSUE_CLASSES).numpy()
-            extra[name]["dice"] = float(np.nanmean(dice))
-            extra[name]["ci95_dice"] = summarise(dice, split.subjects)["ci95"]
-            predicted_masks[f"{name} masks"] = classes
+    for method in load_methods(cfg, views, models_dir, baselines_dir):
+        if isinstance(method, Classical) and not method.reads_case_fbp:
+            outputs = {method.name: Output(np.array(load_array(Path(baselines_dir),
+                                                               method.name)))}
+        else:
+            outputs = method.apply(case)
+        for name, output in outputs.items():
+            images[name], extra[name] = output.images, dict(output.extra)
+            if output.classes is not None and output.extra.get("prior") == "predicted":
+                dice = mean_dice(torch.from_numpy(output.classes),
+                                 torch.from_numpy(split.true_masks), NUM_TISSUE_CLASSES).numpy()
+                extra[name]["dice"] = float(np.nanmean(dice))
+                extra[name]["ci95_dice"] = summarise(dice, split.subjects)["ci95"]
+                predicted_masks[f"{name} masks"] = output.classes
     return images, extra, predicted_masks
 
 
@@ -182,7 +182,8 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
     views = int(views if views is not None else cfg.geometry.views)
     lo, hi = float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max)
     split = HeldOut.load(prepared_dir, sim_dir, masks_dir)
-    images, extra, predicted_masks = reconstructions(cfg, split, models_dir, baselines_dir)
+    images, extra, predicted_masks = reconstructions(cfg, split, models_dir, baselines_dir,
+                                                     views)
     metrics, residual_maps = score(images, extra, split, lo, hi)
     reference_residual, _ = residuals(split.target, split.sinograms, split.geometry)
     metrics["_reference"] = {"residual": float(reference_residual.mean()),

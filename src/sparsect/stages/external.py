@@ -28,8 +28,6 @@ whole volume.
 
 from __future__ import annotations
 
-import os
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,30 +35,21 @@ import numpy as np
 from omegaconf import DictConfig
 
 from sparsect.data.io import axial_slices, find_scans, load_subject, standardise
-from sparsect.data.store import atomic_dir, atomic_write_json, read_json, save_array
+from sparsect.data.store import atomic_dir, atomic_write_json, save_array
 from sparsect.errors import InputError
 from sparsect.evaluation.figures import panel
-from sparsect.evaluation.report import DC_SUFFIX
 from sparsect.evaluation.statistics import (
     per_slice_region_metrics,
     reference_noise_sd,
     region_masks,
 )
-from sparsect.models.checkpoint import load_module
-from sparsect.models.predict import predict
-from sparsect.models.variants import known_variant, variant_table
-from sparsect.physics import Simulator, mu_to_hu
-from sparsect.physics.reconstruct import DEFAULT_MAX_MIB, reconstruct_stack
+from sparsect.methods.case import Case
+from sparsect.methods.loading import load_methods, run_methods, tuned_settings
+from sparsect.physics.acquisition import scan_key
+from sparsect.priors.labels import label_table
 from sparsect.priors.masks import body_mask, tissue_masks_from_hu, tissue_masks_from_labels_and_hu
-from sparsect.settings import geometry_from_cfg, noise_from_cfg
+from sparsect.settings import acquisition_from_cfg, workers_from_cfg
 from sparsect.stages.evaluate import image_metrics, residuals
-from sparsect.stages.masks import label_table
-
-
-def scan_seed(seed: int, views: int, scan: str, index: int) -> int:
-    """Independent seed of one real-scan slice's noise (as ``simulate``'s per slice)."""
-    sequence = np.random.SeedSequence([seed, views, zlib.crc32(scan.encode()), index])
-    return int(sequence.generate_state(1)[0])
 
 
 def scored_slices(count: int, limit: int) -> np.ndarray:
@@ -96,7 +85,7 @@ class RealScan:
         labelled = "labels" in subject
         if labelled:
             labels = axial_slices(subject["labels"].data[0].numpy()).astype(np.int64)
-            table = label_table(cfg.external.label_table)
+            table = label_table(cfg.external.label_table, "external.label_table")
             classes = tissue_masks_from_labels_and_hu(labels, hu, table, min_pixels)
         else:
             classes = tissue_masks_from_hu(hu, min_pixels)
@@ -127,16 +116,6 @@ def _score(image: np.ndarray, scan: RealScan, picks: np.ndarray, sinograms: np.n
     return out
 
 
-def tuned_settings(baselines_dir: Path, views: int) -> dict[str, dict]:
-    """The classical methods and the settings ``baselines@<views>`` chose for them."""
-    settings = read_json(Path(baselines_dir) / "settings.json")
-    if int(settings["geometry"]["views"]) != views:
-        raise InputError(f"{baselines_dir} holds the baselines of "
-                         f"{settings['geometry']['views']} views, not {views}: pass "
-                         f"--baselines of the same view count.")
-    return settings["methods"]
-
-
 def external(cfg: DictConfig, scans_dir: Path, models_dir: Path, baselines_dir: Path,
              out_dir: Path, views: int | None = None, workers: int | None = None) -> Path:
     """Writes ``out_dir/metrics.json`` (scan -> method -> metrics, and ``_reference``:
@@ -145,57 +124,34 @@ def external(cfg: DictConfig, scans_dir: Path, models_dir: Path, baselines_dir: 
     Raises:
         InputError: ``scans_dir`` holds no scan or a corrupt one, or a setting is invalid.
     """
-    geometry = geometry_from_cfg(cfg, views)
-    noise = noise_from_cfg(cfg)
-    physics = cfg.physics
+    acquisition = acquisition_from_cfg(cfg, views)
+    geometry = acquisition.geometry
     lo, hi = float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max)
     limit = int(cfg.external.max_slices)
-    workers = workers or physics.get("workers") or os.cpu_count() or 1
+    workers = workers_from_cfg(cfg, workers)
     entries = find_scans(Path(scans_dir))
-    table = variant_table(cfg)
-    models = {name: (load_module(Path(models_dir) / info["checkpoint"]),
-                     known_variant(table, name))
-              for name, info in read_json(Path(models_dir) / "summary.json").items()}
-    methods = tuned_settings(baselines_dir, geometry.views)
-    run = {"device": str(physics.device), "workers": int(workers),
-           "max_mib": float(physics.get("operator_max_mib") or DEFAULT_MAX_MIB)}
+    methods = load_methods(cfg, geometry.views, models_dir, baselines_dir, workers=workers)
     metrics: dict = {"_settings": {
         "views": geometry.views, "scans_dir": str(scans_dir), "hu_window": [lo, hi],
         "data_range_hu": hi - lo, "max_slices": limit,
-        "noise": asdict(noise), "baselines": methods}}
+        "noise": asdict(acquisition.noise),
+        "baselines": tuned_settings(baselines_dir, geometry.views)}}
     with atomic_dir(Path(out_dir)) as tmp:
-        with Simulator(geometry, noise, upsample=int(physics.upsample),
-                       device=str(physics.device), filter=str(physics.filter)) as simulator:
-            simulated = {}
-            for entry in entries:
-                scan = RealScan.load(cfg, entry)
-                pairs = [simulator(image, scan_seed(int(cfg.seed), geometry.views, scan.name, z))
-                         for z, image in enumerate(scan.hu)]
-                simulated[scan.name] = (scan, np.stack([p[0] for p in pairs]),
-                                        np.stack([p[1] for p in pairs]))
+        simulated = {}
+        for entry in entries:
+            scan = RealScan.load(cfg, entry)
+            keys = [(scan_key(scan.name), z) for z in range(len(scan.hu))]
+            simulated[scan.name] = (scan, *acquisition.simulate(scan.hu, keys, workers))
         for name, (scan, sinograms, fbp) in simulated.items():
             picks = scored_slices(len(scan.hu), limit)
             folder = tmp / name
             folder.mkdir()
             save_array(folder, "sinogram", sinograms[picks])
             # the FBP baseline (its filter tuned) replaces the network input's FBP
-            images = {"fbp": fbp[picks]}
-            images.update({method: mu_to_hu(reconstruct_stack(method, geometry, sinograms[picks],
-                                                               **run, **options))
-                           for method, options in methods.items()})
-            extra: dict = {method: {} for method in images}
-            for model_name, (module, variant) in models.items():
-                oracle = scan.classes if variant.prior == "oracle" else None
-                dc = dict(module.hparams.dc) if module.hparams.get("dc") else None
-                prediction = predict(module, fbp, full_dose_classes=oracle,
-                                     sinogram=sinograms, geometry=geometry, slices=picks,
-                                     data_consistency=dc is not None)
-                images[model_name] = prediction.images
-                extra[model_name] = {"prior": variant.prior, "upper_bound": variant.upper_bound}
-                if prediction.consistent is not None:  # the step chosen on validation
-                    images[model_name + DC_SUFFIX] = prediction.consistent
-                    extra[model_name + DC_SUFFIX] = {**extra[model_name],
-                                                     "data_consistency": dc}
+            outputs = run_methods(methods, Case(fbp, sinograms, acquisition, slices=picks,
+                                                full_dose_classes=scan.classes))
+            images = {method: output.images for method, output in outputs.items()}
+            extra = {method: output.extra for method, output in outputs.items()}
             reference_residual, _ = residuals(scan.hu[picks], sinograms[picks], geometry)
             result: dict = {"_reference": {
                 "source": scan.source, "slices": int(len(picks)),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -10,56 +9,10 @@ from omegaconf import DictConfig
 
 from sparsect.data.split import SPLITS
 from sparsect.data.store import atomic_dir, atomic_write_json, load_array, save_array
-from sparsect.errors import InputError
 from sparsect.priors.classes import TISSUE_CLASSES
-from sparsect.priors.masks import FROM_HU, tissue_masks_from_hu, tissue_masks_from_labels_and_hu
-from sparsect.priors.organs import NO_LABEL, ORGAN_TO_TISSUE
-from sparsect.priors.totalsegmentator import TISSUE_TABLES
-
-_ALLOWED_NAMES = (*TISSUE_CLASSES, "hu")
-
-
-def label_table(spec: str | Mapping) -> dict[int, int]:
-    """The ``masks.label_table`` setting as label value -> tissue class index (or ``FROM_HU``).
-
-    ``spec`` is one of:
-
-    - ``"phantom"``: the built-in organ table of the phantoms' label maps;
-    - ``"totalsegmentator"``: TotalSegmentator v2 "total" maps (117 structures);
-    - ``"totalsegmentator_v1"``: TotalSegmentator v1 "total" maps (104 structures);
-    - a mapping label value -> tissue class name, or ``"hu"`` for voxels whose class
-      comes from the HU thresholds of the same slice.
-
-    In the TotalSegmentator tables label 0 ("none of the structures": fat,
-    unsegmented muscle, air), the digestive tract (its lumen holds gas or fat-dense
-    contents) and v1's mixed "face" region take their classes from HU; see
-    :mod:`sparsect.priors.totalsegmentator`.
-
-    Raises:
-        InputError: if ``spec`` is an unknown name or maps a value to an unknown class;
-            use a listed name or a tissue class name.
-    """
-    if isinstance(spec, str):
-        if spec == "phantom":
-            return dict(ORGAN_TO_TISSUE)
-        if spec in TISSUE_TABLES:
-            return dict(TISSUE_TABLES[spec])
-        raise InputError(
-            f"masks.label_table '{spec}' is unknown: use 'phantom', "
-            + ", ".join(f"'{name}'" for name in TISSUE_TABLES)
-            + " or a mapping from label value to one of "
-            + ", ".join(_ALLOWED_NAMES)
-            + "."
-        )
-    table = {}
-    for label, name in spec.items():
-        if name not in _ALLOWED_NAMES:
-            raise InputError(
-                f"masks.label_table maps {label} to '{name}', which is not a tissue class: "
-                "use one of " + ", ".join(_ALLOWED_NAMES) + "."
-            )
-        table[int(label)] = FROM_HU if name == "hu" else TISSUE_CLASSES.index(name)
-    return table
+from sparsect.priors.labels import label_table
+from sparsect.priors.masks import tissue_masks_from_hu, tissue_masks_from_labels_and_hu
+from sparsect.priors.organs import NO_LABEL
 
 
 def masks(cfg: DictConfig, prepared_dir: Path, out_dir: Path) -> Path:
@@ -67,11 +20,11 @@ def masks(cfg: DictConfig, prepared_dir: Path, out_dir: Path) -> Path:
     ``out_dir/summary.json`` (class fractions and how many slices used label maps).
 
     A slice with a label map takes its classes from ``masks.label_table`` (see
-    :func:`label_table`), completed from HU where the table says so; a slice
-    without one takes them from HU thresholds and morphology.
+    :func:`sparsect.priors.labels.label_table`), completed from HU where the table says
+    so; a slice without one takes them from HU thresholds and morphology.
     """
     mask_cfg = cfg.masks
-    table = label_table(mask_cfg.label_table) if mask_cfg.use_labels else {}
+    table = label_table(mask_cfg.label_table, "masks.label_table") if mask_cfg.use_labels else {}
     summary: dict = {}
     with atomic_dir(Path(out_dir)) as tmp:
         for split in SPLITS:

@@ -34,7 +34,8 @@ def promote_all(cfg: DictConfig, prepared_dir: Path, models_root: Path, evaluati
             test_values = {k: v for k, v in metrics[model].items() if isinstance(v, float)}
             checkpoint = Path(models_root) / str(views) / info["checkpoint"]
             version = register(cfg, model, checkpoint, training_run_id(uri, checkpoint),
-                               float(info["best_val_psnr"]), val_hash, test_values)
+                               float(info["best_val_psnr"]), val_hash, test_values,
+                               metrics.get("_baselines", {}).get("methods"))
             decision = promote(cfg, version, margin)
             decision.update(views=int(views), model=model, candidate=version.version)
             print(f"[promote] {decision['name']} v{version.version}: {decision['reason']}")

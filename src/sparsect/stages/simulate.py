@@ -11,14 +11,10 @@ to an unsharded run.
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from sparsect.data.split import SPLITS
 from sparsect.data.store import (
@@ -29,18 +25,15 @@ from sparsect.data.store import (
     save_array,
 )
 from sparsect.errors import InputError
-from sparsect.physics import Geometry, NoiseModel, Simulator
 from sparsect.priors.masks import tissue_masks_from_hu
-from sparsect.settings import geometry_from_cfg, noise_from_cfg
+from sparsect.settings import acquisition_from_cfg, workers_from_cfg
 
 ARRAYS = ("sinogram", "fbp", "threshold_masks")
-_WORKER: dict = {}
 
 
-def slice_seed(seed: int, views: int, split: str, index: int) -> int:
-    """Independent, order-free seed for one slice's noise."""
-    sequence = np.random.SeedSequence([seed, views, SPLITS.index(split), index])
-    return int(sequence.generate_state(1)[0])
+def slice_key(split: str, index: int) -> tuple[int, int]:
+    """The key of one prepared slice in the acquisition's seed rule."""
+    return SPLITS.index(split), index
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -54,20 +47,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not 1 <= k <= n:
         raise InputError(f"Shard '{text}' is not of the form k/N with 1 <= k <= N: e.g. 2/8.")
     return k, n
-
-
-def _init_worker(geometry: dict, noise: dict, upsample: int, device: str, filter_name: str,
-                 prepared_split: str) -> None:
-    # One Simulator (and its ASTRA projectors) per process, reused for every slice.
-    _WORKER["simulator"] = Simulator(Geometry.from_dict(geometry), NoiseModel(**noise),
-                                     upsample=upsample, device=device, filter=filter_name)
-    _WORKER["hu"] = load_array(Path(prepared_split), "hu")
-
-
-def _simulate_one(job: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray]:
-    index, seed = job
-    sinogram, fbp_hu = _WORKER["simulator"](np.asarray(_WORKER["hu"][index]), seed)
-    return index, sinogram, fbp_hu
 
 
 def _shard_slices(prepared_split: Path, shard: tuple[int, int] | None) -> list[int]:
@@ -90,40 +69,26 @@ def simulate(cfg: DictConfig, prepared_dir: Path, out_dir: Path, views: int | No
     prepared slices these are) and ``out_dir/geometry.json`` (geometry, noise,
     physics settings: recorded with every sinogram).
     """
-    geometry = geometry_from_cfg(cfg, views)
-    noise = noise_from_cfg(cfg)
-    physics = cfg.physics
-    workers = workers or physics.get("workers") or os.cpu_count() or 1
+    acquisition = acquisition_from_cfg(cfg, views)
+    workers = workers_from_cfg(cfg, workers)
     shard_spec = parse_shard(shard)
     with atomic_dir(Path(out_dir)) as tmp:
         for split in SPLITS:
             split_dir = Path(prepared_dir) / split
             selected = _shard_slices(split_dir, shard_spec)
-            count = len(selected)
-            size = geometry.image_size
-            fbp = np.empty((count, size, size), np.float32)
-            sinogram = np.empty((count, geometry.views, geometry.detector_count), np.float32)
-            position = {index: row for row, index in enumerate(selected)}
-            jobs = [(i, slice_seed(int(cfg.seed), geometry.views, split, i)) for i in selected]
-            init_args = (geometry.to_dict(), asdict(noise), int(physics.upsample),
-                         str(physics.device), str(physics.filter), str(split_dir))
-            with ProcessPoolExecutor(min(workers, max(1, count)), initializer=_init_worker,
-                                     initargs=init_args) as pool:
-                results = pool.map(_simulate_one, jobs,
-                                   chunksize=max(1, count // (4 * workers)))
-                for index, sino, image in tqdm(results, total=count, unit="slice",
-                                               desc=f"simulate@{geometry.views} {split}"):
-                    sinogram[position[index]], fbp[position[index]] = sino, image
+            hu = load_array(split_dir, "hu")
+            sinogram, fbp = acquisition.simulate(
+                np.stack([hu[i] for i in selected]) if selected else hu[:0],
+                [slice_key(split, i) for i in selected], workers,
+                progress=f"simulate@{acquisition.geometry.views} {split}")
             (tmp / split).mkdir()
             save_array(tmp / split, "sinogram", sinogram)
             save_array(tmp / split, "fbp", fbp)
             save_array(tmp / split, "threshold_masks", tissue_masks_from_hu(fbp))
             atomic_write_json(tmp / split / "slices.json", selected)
         atomic_write_json(tmp / "geometry.json", {
-            "geometry": geometry.to_dict(), "noise": asdict(noise),
-            "upsample": int(physics.upsample), "filter": str(physics.filter),
-            "shard": None if shard_spec is None else list(shard_spec),
-        })
+            **acquisition.describe(),
+            "shard": None if shard_spec is None else list(shard_spec)})
     return Path(out_dir)
 
 

@@ -21,10 +21,9 @@ both chosen on the validation split.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,17 +34,19 @@ from sparsect.data.store import load_array, read_json
 from sparsect.errors import InputError
 from sparsect.evaluation import task
 from sparsect.evaluation.statistics import reference_noise_sd
-from sparsect.models.checkpoint import load_module
-from sparsect.models.predict import predict
-from sparsect.models.variants import known_variant, variant_table
-from sparsect.physics import Geometry, NoiseModel, Simulator, mu_to_hu
-from sparsect.physics.reconstruct import reconstruct_stack
+from sparsect.methods.case import Case
+from sparsect.methods.classical import Classical
+from sparsect.methods.loading import load_methods
+from sparsect.physics import Geometry, NoiseModel
+from sparsect.physics.acquisition import Acquisition
 from sparsect.priors.classes import BACKGROUND
 from sparsect.priors.organs import ORGAN_TO_TISSUE
-from sparsect.settings import geometry_from_cfg, noise_from_cfg
+from sparsect.settings import acquisition_from_cfg, workers_from_cfg
 
 ABSENT, PRESENT = 0, 1
-_WORKER: dict = {}
+COHORT_KEY, FULL_VIEW_KEY = 7, 9
+"""Seed-rule keys: ``(7, class, realisation, subject, slice)`` for a cohort scan,
+``(7, 9, slice)`` for the full-view reference FBP that sets the structure threshold."""
 
 
 @dataclass
@@ -55,7 +56,11 @@ class Scans:
 
     fbp: np.ndarray
     sinogram: np.ndarray
-    geometry: Geometry
+    acquisition: Acquisition
+
+    @property
+    def geometry(self) -> Geometry:
+        return self.acquisition.geometry
 
 
 def load_cohort(folder: Path, subjects: int | None = None) -> Cohort:
@@ -74,48 +79,24 @@ def load_cohort(folder: Path, subjects: int | None = None) -> Cohort:
                   float(header["pixel_size_mm"]), float(header["slice_mm"]))
 
 
-def _seed(seed: int, views: int, key: tuple[int, ...]) -> int:
-    return int(np.random.SeedSequence([seed, views, 7, *key]).generate_state(1)[0])
-
-
-def _init(geometry: dict, noise: dict, upsample: int, filter_name: str) -> None:
-    _WORKER["simulate"] = Simulator(Geometry.from_dict(geometry), NoiseModel(**noise),
-                                    upsample=upsample, device="cpu", filter=filter_name)
-
-
-def _one(job: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
-    return _WORKER["simulate"](*job)
-
-
-def _simulate(images: np.ndarray, seeds: list[int], geometry: Geometry, noise: NoiseModel,
-              upsample: int, filter_name: str, workers: int) -> tuple[np.ndarray, np.ndarray]:
-    args = (geometry.to_dict(), asdict(noise), upsample, filter_name)
-    with ProcessPoolExecutor(max(1, min(workers, len(images))), initializer=_init,
-                             initargs=args) as pool:
-        out = list(pool.map(_one, zip(images, seeds, strict=True),
-                            chunksize=max(1, len(images) // (4 * workers))))
-    return np.stack([s for s, _ in out]), np.stack([f for _, f in out])
-
-
 def simulate_cohort(cfg: DictConfig, cohort: Cohort, views: int, realisations: int,
                     workers: int | None = None) -> Scans:
     """Every cohort slice, lesion-absent and lesion-present, ``realisations`` times, each
     with its own noise (seeded by view count, class, realisation, subject and slice)."""
-    geometry = geometry_from_cfg(cfg, views)
-    workers = workers or cfg.physics.get("workers") or os.cpu_count() or 1
+    acquisition = acquisition_from_cfg(cfg, views)
     s, z = cohort.hu.shape[:2]
-    images, seeds = [], []
+    images, keys = [], []
     for c, volume in ((ABSENT, cohort.hu), (PRESENT, cohort.hu + cohort.lesion_hu)):
         for k in range(realisations):
             for i in range(s):
                 for j in range(z):
                     images.append(volume[i, j])
-                    seeds.append(_seed(int(cfg.seed), views, (c, k, i, j)))
-    sinogram, fbp = _simulate(np.stack(images), seeds, geometry, noise_from_cfg(cfg),
-                              int(cfg.physics.upsample), str(cfg.physics.filter), workers)
+                    keys.append((COHORT_KEY, c, k, i, j))
+    sinogram, fbp = acquisition.replace(device="cpu").simulate(
+        np.stack(images), keys, workers_from_cfg(cfg, workers))
     shape = (2, realisations, s, z)
     return Scans(fbp.reshape(*shape, *fbp.shape[1:]),
-                 sinogram.reshape(*shape, *sinogram.shape[1:]), geometry)
+                 sinogram.reshape(*shape, *sinogram.shape[1:]), acquisition)
 
 
 def full_view_sigma(cfg: DictConfig, cohort: Cohort, views: int, subjects: int = 2
@@ -124,13 +105,11 @@ def full_view_sigma(cfg: DictConfig, cohort: Cohort, views: int, subjects: int =
     cohort's first subjects, and how it was measured: in uniform soft tissue
     (:func:`reference_noise_sd`), or, on a grid too coarse for any uniform 5 x 5 square,
     as the robust SD (1.4826 MAD) of the FBP minus the reference inside the body."""
-    geometry = geometry_from_cfg(cfg, views)
-    noise = NoiseModel(i0=float(cfg.study.full_dose_i0))
+    acquisition = acquisition_from_cfg(cfg, views, device="cpu").replace(
+        noise=NoiseModel(i0=float(cfg.study.full_dose_i0)))
     references = cohort.hu[:subjects].reshape(-1, *cohort.hu.shape[2:])
-    seeds = [_seed(int(cfg.seed), views, (9, i)) for i in range(len(references))]
-    _, fbp = _simulate(references, seeds, geometry, noise, int(cfg.physics.upsample),
-                       str(cfg.physics.filter), int(cfg.physics.get("workers") or os.cpu_count()
-                                                    or 1))
+    keys = [(COHORT_KEY, FULL_VIEW_KEY, i) for i in range(len(references))]
+    _, fbp = acquisition.simulate(references, keys, workers_from_cfg(cfg))
     body = references > -900.0
     sigma = reference_noise_sd(fbp, body)
     if np.isfinite(sigma):
@@ -155,42 +134,26 @@ def reconstructions(cfg: DictConfig, scans: Scans, cohort: Cohort, models_dir: P
     """Every method's images of the cohort, ``(2, K, S, Z, H, W)`` HU (NaN on slices a
     classical iterative method skips, see :func:`needed`), and per-model extras."""
     shape = scans.fbp.shape
-    flat_fbp = scans.fbp.reshape(-1, *shape[-2:])
-    flat_sino = scans.sinogram.reshape(-1, *scans.sinogram.shape[-2:])
     keys = np.indices(shape[:4]).reshape(4, -1).T
-    index = [(f"{c}/{k}/{s}", int(z)) for c, k, s, z in keys]
-    images: dict[str, np.ndarray] = {"fbp": scans.fbp}
-    extra: dict[str, dict] = {"fbp": {}}
-    settings = (read_json(Path(baselines_dir) / "settings.json")["methods"]
-                if baselines_dir is not None else {})
-    picks = np.flatnonzero(needed(cohort, shape[1]).reshape(-1))
-    for method in cfg.study.classical:
-        if method not in settings and method != "fbp":
-            continue
-        options = dict(settings.get(method, {}))
-        out = np.full(flat_fbp.shape, np.nan, np.float32)
-        out[picks] = mu_to_hu(reconstruct_stack(method, scans.geometry, flat_sino[picks],
-                                                device=str(cfg.physics.device), **options))
-        if method == "fbp" and not options:
-            continue
-        images[method], extra[method] = out.reshape(shape), {}
     tissue = np.vectorize(lambda v: ORGAN_TO_TISSUE.get(int(v), 0), otypes=[np.uint8])(
         cohort.labels)
-    full_dose = np.broadcast_to(tissue, shape).reshape(-1, *shape[-2:])
-    table = variant_table(cfg)
-    for name, info in read_json(Path(models_dir) / "summary.json").items():
-        variant = known_variant(table, name)
-        module = load_module(Path(models_dir) / info["checkpoint"])
-        dc = dict(module.hparams.dc) if module.hparams.get("dc") else None
-        prediction = predict(module, flat_fbp, index=index,
-                             full_dose_classes=full_dose if variant.prior == "oracle" else None,
-                             sinogram=flat_sino, geometry=scans.geometry,
-                             data_consistency=dc is not None)
-        images[name] = prediction.images.reshape(shape)
-        extra[name] = {"prior": variant.prior, "upper_bound": variant.upper_bound}
-        if prediction.consistent is not None:
-            images[name + "+dc"] = prediction.consistent.reshape(shape)
-            extra[name + "+dc"] = {**extra[name], "data_consistency": dc}
+    case = Case(scans.fbp.reshape(-1, *shape[-2:]),
+                scans.sinogram.reshape(-1, *scans.sinogram.shape[-2:]), scans.acquisition,
+                index=[(f"{c}/{k}/{s}", int(z)) for c, k, s, z in keys],
+                full_dose_classes=np.broadcast_to(tissue, shape).reshape(-1, *shape[-2:]))
+    needed_case = dataclasses.replace(case, slices=np.flatnonzero(
+        needed(cohort, shape[1]).reshape(-1)))
+    images: dict[str, np.ndarray] = {}
+    extra: dict[str, dict] = {}
+    for method in load_methods(cfg, scans.geometry.views, models_dir, baselines_dir,
+                               classical=list(cfg.study.classical)):
+        iterative = isinstance(method, Classical) and not method.reads_case_fbp
+        for name, output in method.apply(needed_case if iterative else case).items():
+            result = output.images
+            if iterative:  # the slices the scores read; NaN elsewhere
+                result = np.full(case.fbp.shape, np.nan, np.float32)
+                result[needed_case.picks] = output.images
+            images[name], extra[name] = result.reshape(shape), dict(output.extra)
     return images, extra
 
 

@@ -44,13 +44,15 @@ from sparsect.data.store import (
     read_json,
 )
 from sparsect.errors import InputError
+from sparsect.methods.case import Case
+from sparsect.methods.learned import Learned
 from sparsect.models.callbacks import AtomicCheckpointIO, EpochSummary
 from sparsect.models.checkpoint import load_module, save_portable
 from sparsect.models.consistency import tune
 from sparsect.models.module import ReconModule
-from sparsect.models.predict import predict
 from sparsect.models.variants import PRIORS, known_variant, net_spec, variant_table
-from sparsect.settings import acquisition_from_cfg, geometry_from_cfg, noise_from_cfg
+from sparsect.physics.acquisition import Acquisition
+from sparsect.settings import acquisition_from_cfg
 from sparsect.tracking import CHECKPOINT_TAG, flatten, provenance_tags, sha256_file, tracking_uri
 
 # The config the resume fingerprint hashes: everything that shapes a training run.
@@ -85,6 +87,7 @@ def module_from_cfg(cfg: DictConfig, name: str, views: int) -> ReconModule:
     networks: call this after seeding, as ``train`` does."""
     table = variant_table(cfg)
     variant = known_variant(table, name)
+    acquisition = acquisition_from_cfg(cfg, views)
     return ReconModule(
         net=net_spec(variant, cfg.model, table),
         prior=variant.prior,
@@ -95,9 +98,9 @@ def module_from_cfg(cfg: DictConfig, name: str, views: int) -> ReconModule:
         region_weights=tuple(float(w) for w in cfg.trainer.region_weights),
         hu_min=float(cfg.evaluate.hu_min),
         hu_max=float(cfg.evaluate.hu_max),
-        geometry=geometry_from_cfg(cfg, views).to_dict(),
-        noise=asdict(noise_from_cfg(cfg)),
-        acquisition=acquisition_from_cfg(cfg),
+        geometry=acquisition.geometry.to_dict(),
+        noise=asdict(acquisition.noise),
+        acquisition=acquisition.record(),
     )
 
 
@@ -219,9 +222,10 @@ def choose_consistency(cfg: DictConfig, checkpoint: Path, prepared_dir: Path, si
     val = {name: Path(folder) / "val" for name, folder in
            (("prepared", prepared_dir), ("sim", sim_dir), ("masks", masks_dir))}
     fbp, sinograms = load_array(val["sim"], "fbp"), load_array(val["sim"], "sinogram")
-    full_dose = load_array(val["masks"], "masks") if module.hparams.prior == "oracle" else None
-    images = predict(module, fbp, index=read_json(val["prepared"] / "index.json"),
-                     full_dose_classes=full_dose, sinogram=sinograms).images
+    case = Case(fbp, sinograms, Acquisition.of_module(module),
+                index=read_json(val["prepared"] / "index.json"),
+                full_dose_classes=load_array(val["masks"], "masks"))
+    images = Learned(module.hparams.get("variant") or "model", module).reconstruct(case)
     dc = tune(module, images, sinograms, load_array(val["prepared"], "hu"), lambdas, steps)
     payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     payload["hyper_parameters"]["dc"] = {"lambda": dc["lambda"], "steps": dc["steps"]}

@@ -1,0 +1,95 @@
+"""Learned methods: a trained model applied through :func:`~sparsect.models.predict.predict`,
+and its data-consistency form (``<model>+dc``).
+
+This is the one caller of ``predict`` (tests and benchmarks aside), and the one place
+that decides which model may read the full-dose classes: the one whose checkpoint says
+its network reads them (``prior: oracle``, an upper bound).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sparsect.errors import InputError
+from sparsect.models.predict import BATCH_SIZE, MIRROR_AVERAGE, predict
+
+from .case import Case, Output
+from .names import DC_SUFFIX
+
+
+@dataclass
+class Learned:
+    """A trained model (a ``ReconModule``, or anything with its interface such as an ONNX
+    runtime module).
+
+    Attributes:
+        name: The method's name (the variant's, for the pipeline's models).
+        module: The model.
+        data_consistency: Also give ``<name>+dc``, the images after the data-consistency
+            step the checkpoint records (chosen on validation after training).
+        label: What the report records beside the model's metrics (its prior and whether
+            it is an upper bound); by default read from the checkpoint.
+        batch_size: Slices per network call.
+        mirror_average: Average with the mirrored slices' output
+            (:data:`~sparsect.models.predict.MIRROR_AVERAGE`); a benchmark that reproduces
+            published single-pass numbers turns it off.
+    """
+
+    name: str
+    module: Any
+    data_consistency: bool = False
+    label: dict[str, Any] | None = None
+    batch_size: int = BATCH_SIZE
+    mirror_average: bool = MIRROR_AVERAGE
+
+    def __post_init__(self) -> None:
+        if self.data_consistency and not self.dc:
+            raise InputError(f"Model '{self.name}' records no data-consistency step: retrain "
+                             "it with model.dc_steps set, or reconstruct without it.")
+        if self.label is None:
+            self.label = {"prior": self.prior, "upper_bound": self.reads_full_dose}
+
+    @property
+    def prior(self) -> str:
+        """What the network reads beside the FBP (``none``, ``predicted``, ``threshold``,
+        ``oracle``), as its checkpoint records it."""
+        return str(self.module.hparams.get("prior", "none"))
+
+    @property
+    def reads_full_dose(self) -> bool:
+        """Whether the model reads the full-dose classes: the oracle rule, in one place."""
+        return self.prior == "oracle"
+
+    @property
+    def dc(self) -> dict[str, Any] | None:
+        """The data-consistency step the checkpoint records (None without one)."""
+        step = self.module.hparams.get("dc")
+        return dict(step) if step else None
+
+    @property
+    def reads_sinogram(self) -> bool:
+        """Whether the method needs the case's sinograms."""
+        return bool(self.module.needs_operator) or self.data_consistency
+
+    def reconstruct(self, case: Case) -> np.ndarray:
+        """The model's images of ``case`` (without the data-consistency step)."""
+        return self.apply(case)[self.name].images
+
+    def apply(self, case: Case) -> dict[str, Output]:
+        """``{name: Output}``, and ``{name+dc: Output}`` with the data-consistency step."""
+        prediction = predict(
+            self.module, case.fbp, index=case.index,
+            full_dose_classes=case.full_dose_classes if self.reads_full_dose else None,
+            sinogram=case.sinograms if self.reads_sinogram else None,
+            geometry=None if case.acquisition is None else case.acquisition.geometry,
+            slices=case.slices, batch_size=self.batch_size, mirror_average=self.mirror_average,
+            data_consistency=self.data_consistency)
+        label = dict(self.label or {})
+        out = {self.name: Output(prediction.images, label, prediction.classes)}
+        if prediction.consistent is not None:
+            out[self.name + DC_SUFFIX] = Output(prediction.consistent,
+                                                {**label, "data_consistency": self.dc})
+        return out
