@@ -28,6 +28,7 @@ deps (``artifacts/prepared``, ...) are printed as ``dvc.yaml`` has them and neve
 
     python scripts/dvc_deps.py            # deps: blocks to paste into dvc.yaml
     python scripts/dvc_deps.py --check    # exit 1 with a diff when dvc.yaml differs
+    python scripts/dvc_deps.py --write    # rewrite dvc.yaml's src/ deps in place
     python scripts/dvc_deps.py --modules sparsect.stages.prepare   # closure of modules
 """
 
@@ -264,10 +265,37 @@ def check(root: Path = ROOT) -> list[str]:
     return diff
 
 
+def write(root: Path = ROOT) -> list[str]:
+    """Rewrites each stage's ``src/`` deps in ``dvc.yaml`` to the computed ones, in place
+    (the rest of the file as it is); returns the stages changed."""
+    path = Path(root) / "dvc.yaml"
+    computed = computed_deps(root)
+    changed, out, stage, in_deps = [], [], None, False
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if indent == 2 and stripped.endswith(":") and not stripped.startswith("-"):
+            stage, in_deps = stripped[:-1], False
+        elif stripped == "deps:":
+            in_deps = True
+        elif in_deps and not stripped.startswith("- "):
+            in_deps = False
+        if in_deps and stripped.startswith("- src/"):
+            if stage in computed:
+                out += [f"{' ' * indent}- {dep}" for dep in computed.pop(stage)]
+                changed.append(stage)
+            continue
+        out.append(line)
+    path.write_text("\n".join(out) + "\n")
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="exit 1 with a diff when dvc.yaml's src/ deps differ")
+    parser.add_argument("--write", action="store_true",
+                        help="rewrite dvc.yaml's src/ deps in place to the computed ones")
     parser.add_argument("--modules", nargs="+", metavar="MODULE",
                         help="print the closure of these modules instead (e.g. "
                              "sparsect.stages.prepare)")
@@ -278,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             files = stage_closure(args.modules, SRC, dotted_targets(params)).values()
             print("\n".join(minimal_paths(files, SRC / PACKAGE, ROOT)))
             return 0
+        if args.write:
+            write()
+            diff = check()
+            print("dvc.yaml's src/ deps rewritten." if not diff else "\n".join(diff))
+            return 1 if diff else 0
         if args.check:
             diff = check()
             if diff:
