@@ -111,7 +111,8 @@ def _evaluate(args: argparse.Namespace) -> object:
     from sparsect.stages.evaluate import evaluate
 
     return evaluate(_cfg(args), args.prepared, args.sim, args.masks, args.models, args.out,
-                    args.views, args.baselines, args.cohort, args.segmenter)
+                    args.views, args.baselines, args.cohort, args.segmenter,
+                    images_dir=args.images)
 
 
 def _cohort(args: argparse.Namespace) -> object:
@@ -124,7 +125,7 @@ def _external(args: argparse.Namespace) -> object:
     from sparsect.stages.external import external
 
     return external(_cfg(args), args.scans, args.models, args.baselines, args.out, args.views,
-                    args.workers)
+                    args.workers, args.images)
 
 
 def _ablation(args: argparse.Namespace) -> object:
@@ -252,6 +253,8 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
                  paths=("prepared", "out"))
     p.add_argument("--views", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="also write every method's images of each scan (<scan>/<method>.npy)")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="simulate only the subjects of shard K of N (cluster array jobs)")
 
@@ -290,6 +293,9 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
                  paths=("prepared", "sim", "masks", "models", "out"))
     p.add_argument("--baselines", type=Path, default=None)
     p.add_argument("--views", type=int, default=None)
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="also write every method's images: test/<method>.npy, and the task "
+                        "study's as study/<method>.npy")
     p.add_argument("--cohort", type=Path, default=None,
                    help="the task cohort (`sparsect cohort`): adds the lesion, structure and "
                         "(with --segmenter) downstream-segmentation scores")
@@ -305,6 +311,8 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
                  paths=("scans", "models", "baselines", "out"))
     p.add_argument("--views", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="also write every method's images of each scan (<scan>/<method>.npy)")
 
     p = _command(commands, "ablation", _ablation,
                  "train and score every variant at each view count and seed of `ablation`",

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sparsect.data.store import read_json
+import numpy as np
+
+from sparsect.data.store import atomic_dir, read_json, save_array
 from sparsect.errors import InputError
 from sparsect.models.checkpoint import load_module
 from sparsect.models.variants import known_variant, variant_table
@@ -87,3 +89,12 @@ def run_methods(methods: Sequence[Method], case: Case) -> dict[str, Output]:
     for method in methods:
         outputs.update(method.apply(case))
     return outputs
+
+
+def write_images(folder: Path, images: dict[str, np.ndarray]) -> Path:
+    """Writes every method's images as ``folder/<method>.npy`` (float32 HU), replacing the
+    folder atomically: the reconstructions an evaluation scored, for a reader to inspect."""
+    with atomic_dir(Path(folder)) as tmp:
+        for name, array in images.items():
+            save_array(tmp, name, np.asarray(array, np.float32))
+    return Path(folder)

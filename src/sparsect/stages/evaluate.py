@@ -34,7 +34,7 @@ from sparsect.evaluation.metrics import mean_dice, psnr_hu, rmse_hu, ssim_hu
 from sparsect.evaluation.statistics import per_slice_region_metrics, region_masks, summarise
 from sparsect.methods.case import Case, Output
 from sparsect.methods.classical import Classical
-from sparsect.methods.loading import load_methods
+from sparsect.methods.loading import load_methods, write_images
 from sparsect.physics import Geometry, hu_to_mu
 from sparsect.physics.acquisition import Acquisition
 from sparsect.physics.operator import ct_operator
@@ -167,7 +167,8 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
              models_dir: Path, out_dir: Path, views: int | None = None,
              baselines_dir: Path | None = None, cohort_dir: Path | None = None,
              segmenter_dir: Path | None = None, study_subjects: int | None = -1,
-             scans=None) -> Path:  # noqa: ANN001 - sparsect.stages.study.Scans
+             scans=None,  # noqa: ANN001 - sparsect.stages.study.Scans
+             images_dir: Path | None = None) -> Path:
     """Writes ``out_dir/metrics.json`` (method -> metrics), ``panel.png`` and ``residuals.png``.
 
     Methods: ``fbp``, the classical baselines found in ``baselines_dir`` (e.g.
@@ -178,7 +179,9 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
     (:mod:`sparsect.stages.study`: lesion contrast recovery, CNR, detectability,
     invented and lost structure, and with ``segmenter_dir`` downstream Dice) on the
     cohort's first ``study_subjects`` subjects (-1: ``study.subjects``; None: all);
-    ``scans`` is the cohort already simulated at this view count."""
+    ``scans`` is the cohort already simulated at this view count. With ``images_dir``,
+    every method's images are written there: ``test/<method>.npy``, and the study's
+    ``study/<method>.npy`` (``(2, K, S, Z, H, W)``, see :func:`sparsect.stages.study.study`)."""
     views = int(views if views is not None else cfg.geometry.views)
     lo, hi = float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max)
     split = HeldOut.load(prepared_dir, sim_dir, masks_dir)
@@ -200,7 +203,8 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
 
         subjects = cfg.study.get("subjects") if study_subjects == -1 else study_subjects
         scores = study(cfg, Path(cohort_dir), Path(models_dir), baselines_dir, views,
-                       segmenter_dir, subjects, scans)
+                       segmenter_dir, subjects, scans,
+                       None if images_dir is None else Path(images_dir) / "study")
         for name, values in scores.items():
             if name.startswith("_"):
                 metrics[f"_task{name}"] = values
@@ -217,6 +221,8 @@ def evaluate(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path
               title=f"{views} views, test split")
         residual_panel(tmp / "residuals.png", {k: v[picks] for k, v in residual_maps.items()},
                        title=f"{views} views: A x - y, measured sparse sinogram")
+    if images_dir is not None:
+        write_images(Path(images_dir) / "test", images)
     log_figures(cfg, read_json(Path(models_dir) / "summary.json"), Path(models_dir),
                 Path(out_dir))
     return Path(out_dir)

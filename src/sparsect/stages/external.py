@@ -44,7 +44,7 @@ from sparsect.evaluation.statistics import (
     region_masks,
 )
 from sparsect.methods.case import Case
-from sparsect.methods.loading import load_methods, run_methods, tuned_settings
+from sparsect.methods.loading import load_methods, run_methods, tuned_settings, write_images
 from sparsect.physics.acquisition import scan_key
 from sparsect.priors.labels import label_table
 from sparsect.priors.masks import body_mask, tissue_masks_from_hu, tissue_masks_from_labels_and_hu
@@ -117,9 +117,11 @@ def _score(image: np.ndarray, scan: RealScan, picks: np.ndarray, sinograms: np.n
 
 
 def external(cfg: DictConfig, scans_dir: Path, models_dir: Path, baselines_dir: Path,
-             out_dir: Path, views: int | None = None, workers: int | None = None) -> Path:
+             out_dir: Path, views: int | None = None, workers: int | None = None,
+             images_dir: Path | None = None) -> Path:
     """Writes ``out_dir/metrics.json`` (scan -> method -> metrics, and ``_reference``:
-    the reference's noise and residual) and ``out_dir/<scan>/panel.png``.
+    the reference's noise and residual) and ``out_dir/<scan>/panel.png``; with
+    ``images_dir``, every method's images of each scan as ``<scan>/<method>.npy`` there.
 
     Raises:
         InputError: ``scans_dir`` holds no scan or a corrupt one, or a setting is invalid.
@@ -152,6 +154,8 @@ def external(cfg: DictConfig, scans_dir: Path, models_dir: Path, baselines_dir: 
                                                 full_dose_classes=scan.classes))
             images = {method: output.images for method, output in outputs.items()}
             extra = {method: output.extra for method, output in outputs.items()}
+            if images_dir is not None:
+                write_images(Path(images_dir) / name, images)
             reference_residual, _ = residuals(scan.hu[picks], sinograms[picks], geometry)
             result: dict = {"_reference": {
                 "source": scan.source, "slices": int(len(picks)),

@@ -36,7 +36,7 @@ from sparsect.evaluation import task
 from sparsect.evaluation.statistics import reference_noise_sd
 from sparsect.methods.case import Case
 from sparsect.methods.classical import Classical
-from sparsect.methods.loading import load_methods
+from sparsect.methods.loading import load_methods, write_images
 from sparsect.physics import Geometry, NoiseModel
 from sparsect.physics.acquisition import Acquisition
 from sparsect.priors.classes import BACKGROUND
@@ -293,7 +293,7 @@ def downstream_scores(image: np.ndarray, cohort: Cohort, segmenter) -> dict[str,
 
 def study(cfg: DictConfig, cohort_dir: Path, models_dir: Path, baselines_dir: Path | None,
           views: int, segmenter_dir: Path | None = None, subjects: int | None = None,
-          scans: Scans | None = None) -> dict[str, dict]:
+          scans: Scans | None = None, images_dir: Path | None = None) -> dict[str, dict]:
     """Scores every method on the cohort at ``views``; ``_study`` records the settings.
 
     ``subjects``: the cohort's first ones only (a smaller lesion set); ``scans``: the
@@ -307,6 +307,8 @@ def study(cfg: DictConfig, cohort_dir: Path, models_dir: Path, baselines_dir: Pa
     scans = scans or simulate_cohort(cfg, cohort, views, realisations)
     sigma, measured = full_view_sigma(cfg, cohort, int(spec.full_views))
     images, extra = reconstructions(cfg, scans, cohort, models_dir, baselines_dir)
+    if images_dir is not None:
+        write_images(images_dir, images)
     channels = task.laguerre_gauss_channels(int(spec.cohort.roi_px), float(spec.channel_width_px),
                                             int(spec.channels))
     segmenter = None
