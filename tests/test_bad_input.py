@@ -364,6 +364,24 @@ def views_not_of_the_model(root):
                        "--views", "60")
 
 
+def classical_without_settings(root):
+    write_nifti(root / "scan.nii.gz", volume())
+    return reconstruct(root, root / "scan.nii.gz", "--model", str(checkpoint(root / "m.ckpt")),
+                       "--method", "tv")
+
+
+def option_not_key_value(root):
+    write_nifti(root / "scan.nii.gz", volume())
+    return reconstruct(root, root / "scan.nii.gz", "--model", str(checkpoint(root / "m.ckpt")),
+                       "--method", "tv", "--option", "weight")
+
+
+def option_unknown_to_the_method(root):
+    write_nifti(root / "scan.nii.gz", volume())
+    return reconstruct(root, root / "scan.nii.gz", "--model", str(checkpoint(root / "m.ckpt")),
+                       "--method", "sirt", "--option", "weight=0.1")
+
+
 def output_not_nifti(root):
     write_nifti(root / "scan.nii.gz", volume())
     return ["reconstruct", str(root / "scan.nii.gz"), "-o", str(root / "out" / "recon.png"),
@@ -482,6 +500,14 @@ CASES = {
                                       "give a CT volume"),
     "views not of the model": Case(views_not_of_the_model, r"--views 60",
                                    "pick the model of that view count"),
+    "classical method without settings": Case(classical_without_settings,
+                                              r"--method tv needs its settings",
+                                              r"give them with --option \(e\.g\. weight="),
+    "option not KEY=VALUE": Case(option_not_key_value, r"--option 'weight' is not KEY=VALUE",
+                                 "--option iterations=100"),
+    "option unknown to the method": Case(option_unknown_to_the_method,
+                                         r"Unknown option\(s\) \['weight'\] for method 'sirt'",
+                                         "fix the settings of 'sirt'"),
     "output not NIfTI": Case(output_not_nifti, r"recon\.png' must end in \.nii",
                              "e.g. recon.nii.gz"),
 }

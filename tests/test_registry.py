@@ -160,6 +160,45 @@ def test_reconstruct_a_volume_and_a_dicom_slice(trained, tmp_path):
     assert wrong.returncode == 2 and "does not match the model" in wrong.stderr
 
 
+def test_a_version_stores_the_tuned_baselines_and_reconstruct_runs_them(trained, tmp_path,
+                                                                      monkeypatch):
+    """``promote`` stores the classical settings chosen on validation on each version, and
+    ``reconstruct --method tv`` with that version runs TV with them; a version without them
+    needs ``--option``, and refuses in one sentence without."""
+    from sparsect.inference import reconstruct_files
+    from sparsect.registry import registered_baselines
+
+    cfg, root = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'registry.db'}")
+    tuned = {"tv": {"weight": 0.02, "iterations": 6}, "fbp": {"filter": "hann"}}
+    first = register(cfg, "sg_unet", root / "models0" / "sg_unet.ckpt", None, 30.0, "V1", {},
+                     tuned)
+    promote(cfg, first, 0.05)
+    champion = f"models:/{first.name}@{ALIAS}"
+    assert registered_baselines(cfg, champion) == tuned
+    older = register(cfg, "sg_unet", root / "models1" / "sg_unet.ckpt", None, 29.0, "V1", {})
+    assert registered_baselines(cfg, f"models:/{older.name}/{older.version}") == {}
+
+    sinogram = np.load(root / "sim" / "test" / "sinogram.npy")[:3]
+    np.save(tmp_path / "sino.npy", sinogram)
+    geometry = json.loads((root / "sim" / "geometry.json").read_text())["geometry"]
+    (tmp_path / "sino.json").write_text(json.dumps(geometry))
+    stored = reconstruct_files(cfg, tmp_path / "sino.npy", tmp_path / "stored.nii.gz",
+                               champion, method="tv")[0]
+    given = reconstruct_files(cfg, tmp_path / "sino.npy", tmp_path / "given.nii.gz",
+                              str(root / "models0" / "sg_unet.ckpt"), method="tv",
+                              options=tuned["tv"])[0]
+    assert np.array_equal(nib.load(stored).get_fdata(), nib.load(given).get_fdata())
+    other = reconstruct_files(cfg, tmp_path / "sino.npy", tmp_path / "other.nii.gz",
+                              str(root / "models0" / "sg_unet.ckpt"), method="tv",
+                              options={"weight": 0.3, "iterations": 6})[0]
+    assert not np.array_equal(nib.load(stored).get_fdata(), nib.load(other).get_fdata())
+    with pytest.raises(InputError, match="--method tv needs its settings"):
+        reconstruct_files(cfg, tmp_path / "sino.npy", tmp_path / "none.nii.gz",
+                          f"models:/{older.name}/{older.version}", method="tv")
+    assert not (tmp_path / "none.nii.gz").exists()
+
+
 def test_missing_checkpoint_or_registry_model_is_explained(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_params(ROOT / "params.yaml",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -92,11 +92,12 @@ class Validation:
 def contract(module: ReconModule) -> dict[str, Any]:
     """What a caller of the graph must feed and gets back (see
     :mod:`sparsect.models.runtime`)."""
-    geometry = dict(module.hparams.geometry)
+    acquisition = Acquisition.of_module(module)
+    geometry = acquisition.geometry.to_dict()
     size, classes = int(geometry["image_size"]), int(module.hparams.num_classes)
     inputs = {"fbp": {"shape": ["batch", module.context, size, size], "dtype": "float32",
                       "units": "HU",
-                      "meaning": f"FBP ({module.hparams.acquisition['filter']} filter) of the "
+                      "meaning": f"FBP ({acquisition.filter} filter) of the "
                                  "slice, with its axial neighbours as channels"
                                  if module.context > 1 else "FBP of the slice"}}
     if "prior" in input_names(module):
@@ -114,8 +115,8 @@ def contract(module: ReconModule) -> dict[str, Any]:
         "grid": {"image_size": size, "pixel_size_mm": float(geometry["pixel_size_mm"])},
         "views": int(geometry["views"]),
         "geometry": geometry,
-        "noise": dict(module.hparams.noise),
-        "acquisition": dict(module.hparams.acquisition),
+        "noise": asdict(acquisition.noise),
+        "acquisition": acquisition.record(),
         "application": ("sparsect.models.predict.predict: edge slices repeat at a volume's ends"
                         + ("; the output is the mean of the slice's and its left-right mirror's "
                            "(mirrored back)" if MIRROR_AVERAGE else "")),
@@ -151,12 +152,13 @@ def export_model(cfg: DictConfig, module: ReconModule, prepared_dir: Path, sim_r
     check_exportable(module)
     check_calibration(str(settings.int8.calibration))
     module = module.cpu().eval()
-    geometry = Geometry.from_dict(dict(module.hparams.geometry))
+    acquisition = Acquisition.of_module(module)
+    geometry = acquisition.geometry
     val = Validation.load(prepared_dir, Path(sim_root) / str(geometry.views), geometry)
     name = module.hparams.get("variant") or "model"
     with atomic_dir(Path(out_dir)) as tmp:
         float_path = export_onnx(module, tmp / FILES["onnx"], int(settings.opset))
-        case = Case(val.fbp, None, Acquisition.of_module(module), index=val.index)
+        case = Case(val.fbp, None, acquisition, index=val.index)
         reference = Learned(name, module).reconstruct(case)
         exported = Learned(name, OnnxModule(module, float_path)).reconstruct(case)
         max_abs = float(np.abs(exported - reference).max())

@@ -29,6 +29,7 @@ import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -153,11 +154,11 @@ def register(cfg: DictConfig, model: str, checkpoint: Path, run_id: str | None,
     are stored on the version (tag :data:`BASELINES_TAG`, also added to a version found
     without it), so ``sparsect reconstruct --method tv`` runs them as they were scored."""
     from sparsect.models.checkpoint import load_module
+    from sparsect.physics.acquisition import Acquisition
 
     client = _client(cfg)
     module = load_module(checkpoint)
-    geometry = dict(module.hparams.geometry)
-    name = model_name(geometry, model)
+    name = model_name(Acquisition.of_module(module).geometry.to_dict(), model)
     with registry_lock(cfg, name):  # two processes must not register one checkpoint twice
         checkpoint_hash = sha256_file(checkpoint)
         existing = _find_version(client, name, checkpoint_hash)
@@ -184,7 +185,10 @@ def _register(model: str, checkpoint: Path, checkpoint_hash: str, module, name: 
             signature=signature, pip_requirements=model_requirements(),
             code_paths=[str(PACKAGE_DIR)],
         )
-    geometry, noise = dict(module.hparams.geometry), dict(module.hparams.noise)
+    from sparsect.physics.acquisition import Acquisition
+
+    acquisition = Acquisition.of_module(module)
+    geometry, noise = acquisition.geometry.to_dict(), asdict(acquisition.noise)
     tags = {
         **provenance_tags(),
         CHECKPOINT_TAG: checkpoint_hash,

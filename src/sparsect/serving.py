@@ -120,17 +120,20 @@ def pyfunc_signature(module) -> tuple[Any, Any]:  # noqa: ANN001 - a ReconModule
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    size = int(module.hparams.geometry["image_size"])
+    from sparsect.physics.acquisition import Acquisition
+
+    geometry = Acquisition.of_module(module).geometry
+    size = geometry.image_size
     example = np.full((1, size, size), -1000.0, np.float32)
     example[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 40.0
     params = {"input": "fbp"}
     if module.needs_operator:  # with the sinogram of that example
         import torch
 
-        from sparsect.physics import Geometry, hu_to_mu
+        from sparsect.physics import hu_to_mu
         from sparsect.physics.operator import ct_operator
 
-        operator = ct_operator(Geometry.from_dict(dict(module.hparams.geometry)), "cpu")
+        operator = ct_operator(geometry, "cpu")
         with torch.no_grad():
             example = operator.forward(torch.from_numpy(hu_to_mu(example))).numpy()
         params = {"input": "sinogram"}

@@ -145,7 +145,26 @@ def export_onnx(module: ReconModule, path: Path, opset: int = OPSET) -> Path:
                               opset_version=opset, dynamo=True, external_data=False)
     finally:
         exporter_log.setLevel(level)
+    _drop_stack_traces(path)
     return path
+
+
+def _drop_stack_traces(path: Path) -> None:
+    """Removes the exporter's per-node Python stack traces from the graph at ``path``.
+
+    They name the source files by absolute path, so the same weights exported from two
+    checkouts gave different files (and DVC saw a changed ``export`` output); they carry
+    nothing the graph computes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graphs = [model.graph, *(f for f in model.functions)]
+    for graph in graphs:
+        for node in graph.node:
+            kept = [p for p in node.metadata_props if "stack_trace" not in p.key]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
 
 
 def session(path: Path, threads: int | None = None):  # noqa: ANN201 - an ort.InferenceSession
