@@ -123,8 +123,8 @@ class Reconstructor:
                 raise InputError(
                     f"--method {method} needs its settings, and the model's registry version "
                     f"records none: give them with --option (e.g. "
-                    f"{_EXAMPLE_OPTIONS.get(method, 'iterations=100')}), or use a model "
-                    "registered by `sparsect promote`, which stores the tuned ones.")
+                    f"{_EXAMPLE_OPTIONS.get(method, 'iterations=100')}), or run `sparsect "
+                    "promote`, which stores the tuned ones on the registry versions.")
             self.applied, self.output = Classical(method, dict(options)), method
 
     @property
