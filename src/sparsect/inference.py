@@ -44,7 +44,13 @@ from sparsect.data.io import (
     standardise,
     volume_from_slices,
 )
-from sparsect.data.outputs import check_output_name, output_path, prior_sidecar, save_nifti
+from sparsect.data.outputs import (
+    check_output_name,
+    nifti_stem,
+    output_path,
+    prior_sidecar,
+    save_nifti,
+)
 from sparsect.data.store import atomic_write_json
 from sparsect.errors import InputError
 from sparsect.methods.case import Case
@@ -218,8 +224,7 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
             prior_sidecar(output).unlink(missing_ok=True)
         raise
     if save_reference:
-        name = output.name.replace(".nii.gz", "").replace(".nii", "")
-        save_nifti(output.with_name(f"{name}_reference.nii.gz"),
+        save_nifti(output.with_name(f"{nifti_stem(output)}_reference.nii.gz"),
                     volume_from_slices(reference), affine)
     return output
 

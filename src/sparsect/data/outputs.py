@@ -18,13 +18,14 @@ from sparsect.errors import InputError
 from sparsect.notice import nifti_description
 
 
-def _stem(path: Path) -> str:
+def nifti_stem(path: Path) -> str:
+    """A NIfTI file name without ``.nii`` or ``.nii.gz``."""
     return Path(path).name.replace(".nii.gz", "").replace(".nii", "")
 
 
 def prior_sidecar(output: Path) -> Path:
     """``<output stem>.prior.json`` beside ``output``."""
-    return Path(output).with_name(f"{_stem(output)}.prior.json")
+    return Path(output).with_name(f"{nifti_stem(output)}.prior.json")
 
 
 def output_path(output: Path, item: Path, many: bool) -> Path:
