@@ -195,21 +195,6 @@ class Acquisition:
         return mu_to_hu(reconstruct_stack("fbp", self.geometry, sinograms, device=self.device,
                                           filter=self.filter))
 
-    def check_sinograms(self, sinograms: np.ndarray, what: str = "Sinogram input") -> np.ndarray:
-        """``sinograms`` as float32 ``(N, views, detectors)`` of this geometry.
-
-        Raises:
-            ValueError: another shape (the message names the expected one).
-        """
-        sinograms = np.asarray(sinograms, np.float32)
-        if sinograms.ndim == 2:
-            sinograms = sinograms[None]
-        expected = self.geometry.sinogram_shape
-        if sinograms.ndim != 3 or sinograms.shape[1:] != expected:
-            raise ValueError(f"{what} has shape {sinograms.shape}: this acquisition needs "
-                             f"(N, {expected[0]}, {expected[1]}) (views, bins).")
-        return sinograms
-
     def describe(self) -> dict[str, Any]:
         """Geometry, noise and how the data were made, as ``simulate`` records them."""
         return {"geometry": self.geometry.to_dict(), "noise": asdict(self.noise),
