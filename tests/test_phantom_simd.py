@@ -37,6 +37,23 @@ active = sorted(name for name, on in __cpu_features__.items() if on)
 print(json.dumps({"files": digests, "active": active}))
 """
 
+# One follow-up pair (sparsect.data.followup): its arrays and its lesion records.
+_FOLLOWUP_CHILD = r"""
+import hashlib, json, sys
+from numpy._core._multiarray_umath import __cpu_features__
+from sparsect.data.followup import ARRAYS, FollowupSpec, build_pairs
+from sparsect.data.phantom import PhantomConfig
+
+phantom = PhantomConfig(shape=(128, 128, 4), spacing_mm=(3.0, 3.0, 5.0), supersample=1,
+                        slab_samples=1)
+spec = FollowupSpec(subjects=1, slices=8, roi_px=9, diameter_mm=(8.0, 14.0), min_new_lesions=1)
+pair = build_pairs(spec, phantom, 64, 6.0, (-1024.0, 3071.0), seed=int(sys.argv[1]))[0]
+digests = {name: hashlib.sha256(getattr(pair, name).tobytes()).hexdigest() for name in ARRAYS}
+digests["lesions"] = hashlib.sha256(json.dumps(pair.lesions).encode()).hexdigest()
+active = sorted(name for name, on in __cpu_features__.items() if on)
+print(json.dumps({"files": digests, "active": active}))
+"""
+
 SEED = 2024
 
 
@@ -72,7 +89,7 @@ _LEVELS = {
 }
 
 
-def _run(env_extra: dict[str, str]) -> dict:
+def _run(env_extra: dict[str, str], child: str = _CHILD) -> dict:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -80,7 +97,7 @@ def _run(env_extra: dict[str, str]) -> dict:
     }
     env.update(env_extra)
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(SEED)],
+        [sys.executable, "-c", child, str(SEED)],
         env=env,
         capture_output=True,
         text=True,
@@ -96,6 +113,30 @@ def everything_enabled() -> dict:
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip(f"only x86-64 is claimed; this machine is {platform.machine()}")
     return _run({})
+
+
+@pytest.fixture(scope="module")
+def followup_everything_enabled() -> dict:
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"only x86-64 is claimed; this machine is {platform.machine()}")
+    return _run({}, _FOLLOWUP_CHILD)
+
+
+@pytest.mark.parametrize("level", list(_LEVELS))
+def test_followup_pair_bytes_do_not_depend_on_simd_level(level, followup_everything_enabled):
+    flag, numpy_targets, glibc_caps = _LEVELS[level]
+    if flag not in _cpu_flags():
+        pytest.skip(f"this CPU has no {flag}, so the follow-up pairs could not be made {level}")
+    disabled = [t for t in numpy_targets(_numpy_dispatch())
+                if t in followup_everything_enabled["active"]]
+    assert disabled, f"numpy uses no kernel {level} on this CPU: nothing to compare"
+    run = _run({"NPY_DISABLE_CPU_FEATURES": " ".join(disabled),
+                "GLIBC_TUNABLES": f"glibc.cpu.hwcaps={glibc_caps}"}, _FOLLOWUP_CHILD)
+    assert not set(disabled) & set(run["active"]), run["active"]
+    different = sorted(k for k, v in run["files"].items()
+                       if v != followup_everything_enabled["files"][k])
+    assert not different, f"the follow-up pair's {different} differ {level}"
+    assert len(followup_everything_enabled["files"]) == 8
 
 
 @pytest.mark.parametrize("level", list(_LEVELS))
