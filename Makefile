@@ -19,7 +19,7 @@ BIN = $(VENV)/bin
 space := $(subst ,, )
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast lint params clean ablation lock unrolled ellipses
+.PHONY: setup run test test-fast lint params clean ablation lock unrolled ellipses followup
 
 setup: $(VENV)/.installed
 
@@ -84,6 +84,19 @@ ablation: setup
 		--prepared artifacts/prepared --sim artifacts/sim --masks artifacts/masks \
 		--cohort artifacts/cohort --segmenter artifacts/segmenter \
 		--work artifacts/ablation --out reports/ablation.json
+
+# Follow-up imaging at 15, 30 and 60 views on the whole follow-up cohort (make run scores
+# its first followup.subjects at followup.views); the learned model where train@<views>
+# made one (none at 15 views: FBP, TV, PICCS and the prior only). README gives its time.
+FOLLOWUP_VIEWS ?= 15 30 60
+followup: setup
+	$(BIN)/sparsect make-data --if-empty --out data
+	$(BIN)/dvc repro followup_cohort $(foreach v,$(FOLLOWUP_VIEWS),$(if $(filter $(v),30 60 120),train@$(v)))
+	set -e; for v in $(FOLLOWUP_VIEWS); do \
+		models=""; if [ -f artifacts/models/$$v/summary.json ]; then models="--models artifacts/models/$$v"; fi; \
+		$(BIN)/sparsect followup --views $$v --cohort artifacts/followup $$models --scans realct \
+			--out reports/followup-all/$$v followup.subjects=null; \
+	done
 
 # Recompose params.yaml after editing conf/ (a test checks they agree).
 params: setup

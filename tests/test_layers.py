@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "sparsect.config": 7,
     "sparsect.tracking": 7,
     "sparsect.evaluation.report": 7,
+    "sparsect.evaluation.followup_report": 7,
     "sparsect.registry": 7,
     "sparsect.serving": 7,
     "sparsect.inference": 7,

@@ -121,6 +121,20 @@ def _cohort(args: argparse.Namespace) -> object:
     return cohort(_cfg(args), args.out, args.workers)
 
 
+def _followup_cohort(args: argparse.Namespace) -> object:
+    from sparsect.stages.followup_cohort import followup_cohort
+
+    return followup_cohort(_cfg(args), args.out, args.workers)
+
+
+def _followup(args: argparse.Namespace) -> object:
+    from sparsect.stages.followup import followup
+
+    followup(_cfg(args), args.cohort, args.views, args.out, args.models, args.images,
+             args.scans)
+    return args.out
+
+
 def _external(args: argparse.Namespace) -> object:
     from sparsect.stages.external import external
 
@@ -163,7 +177,7 @@ def _ellipses(args: argparse.Namespace) -> object:
 def _report(args: argparse.Namespace) -> object:
     from sparsect.stages.report import report
 
-    return report(_cfg(args), args.evaluations, args.out, args.external)
+    return report(_cfg(args), args.evaluations, args.out, args.external, args.followup)
 
 
 def _export(args: argparse.Namespace) -> object:
@@ -306,6 +320,23 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
                  "the task study's lesion-free subjects and their lesions", paths=("out",))
     p.add_argument("--workers", type=int, default=None)
 
+    p = _command(commands, "followup-cohort", _followup_cohort,
+                 "the follow-up cohort: baseline and follow-up scans of one anatomy",
+                 paths=("out",))
+    p.add_argument("--workers", type=int, default=None)
+
+    p = _command(commands, "followup", _followup,
+                 "every method with and without the earlier scan, on the follow-up cohort",
+                 paths=("cohort", "out"))
+    p.add_argument("--views", type=int, required=True)
+    p.add_argument("--models", type=Path, default=None,
+                   help="a train@<views> output: its followup.learned models without a prior "
+                        "(none without)")
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="also write every method's images as DIR/<method>.npy")
+    p.add_argument("--scans", type=Path, default=None,
+                   help="real scans (realct/): a pair made from each, scored per scan")
+
     p = _command(commands, "external", _external,
                  "every method on the real scans (external validation) at one view count",
                  paths=("scans", "models", "baselines", "out"))
@@ -355,6 +386,8 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
                  paths=("evaluations", "out"))
     p.add_argument("--external", type=Path, default=None,
                    help="folder of `sparsect external` results per view count (real scans)")
+    p.add_argument("--followup", type=Path, default=None,
+                   help="folder of `sparsect followup` results per view count")
 
 
 def _add_user_commands(commands: argparse._SubParsersAction) -> None:
