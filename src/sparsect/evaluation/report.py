@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sparsect.data.store import atomic_write_bytes, atomic_write_json
+from sparsect.evaluation.followup_report import followup_markdown
 from sparsect.methods.names import DC_SUFFIX
 from sparsect.notice import RESEARCH_NOTICE
 
@@ -302,8 +303,8 @@ def summary(merged: dict, models: Sequence[str] = ()) -> dict[str, dict[str, flo
 
 
 def write_report(report_dirs: dict[int, Path], out_dir: Path,
-                 models: Sequence[str] = (), external_dirs: dict[int, Path] | None = None
-                 ) -> Path:
+                 models: Sequence[str] = (), external_dirs: dict[int, Path] | None = None,
+                 followup_dirs: dict[int, Path] | None = None) -> Path:
     """Writes ``out_dir/metrics.json`` (everything), ``out_dir/summary.json`` (DVC
     metrics, see :func:`summary`), ``out_dir/plots/{psnr,ssim}.csv`` and
     ``out_dir/report.md``.
@@ -311,20 +312,25 @@ def write_report(report_dirs: dict[int, Path], out_dir: Path,
     ``models`` are the learned models' names in the order of the variant table; they
     order the methods in the tables and plots (see :func:`method_order`).
     ``external_dirs`` (view count -> folder of ``sparsect external``) go into
-    ``metrics.json`` under ``"external"`` and into their own section of ``report.md``.
+    ``metrics.json`` under ``"external"`` and into their own section of ``report.md``;
+    so do ``followup_dirs`` (``sparsect followup``), under ``"followup"``.
     """
     merged = {str(views): json.loads((Path(folder) / "metrics.json").read_text())
               for views, folder in sorted(report_dirs.items())}
     external = {str(views): json.loads((Path(folder) / "metrics.json").read_text())
                 for views, folder in sorted((external_dirs or {}).items())}
+    followup = {str(views): json.loads((Path(folder) / "metrics.json").read_text())
+                for views, folder in sorted((followup_dirs or {}).items())}
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "metrics.json", {**merged, **({"external": external}
-                                                              if external else {})})
+                                                              if external else {}),
+                                                 **({"followup": followup} if followup else {})})
     # in method order, as the tables read (dvc sorts its columns by name either way)
     atomic_write_bytes(out_dir / "summary.json",
                        (json.dumps(summary(merged, models), indent=2) + "\n").encode())
     write_plots(merged, out_dir / "plots", models)
     text = "\n".join([markdown(merged, models=models), *external_markdown(external, merged,
-                                                                          models)])
+                                                                          models),
+                      *followup_markdown(followup)])
     atomic_write_bytes(out_dir / "report.md", text.encode())
     return out_dir

@@ -21,11 +21,19 @@ def _folders(root: Path, cfg: DictConfig, command: str) -> dict[int, Path]:
 
 
 def report(cfg: DictConfig, evaluations: Path, out_dir: Path,
-           external: Path | None = None) -> Path:
+           external: Path | None = None, followup: Path | None = None) -> Path:
     """Merges ``evaluations/<views>/`` (and ``external/<views>/``, the real scans) for
     every view count of ``cfg.sweep.views`` (other folders, e.g. of an earlier sweep, are
-    ignored); learned models are listed in the order of the variant table."""
+    ignored), and ``followup/<views>/`` for ``cfg.followup.views``; learned models are
+    listed in the order of the variant table."""
     folders = _folders(Path(evaluations), cfg, "evaluate")
     external_dirs = None if external is None else _folders(Path(external), cfg, "external")
+    followup_dirs = None
+    if followup is not None:  # followup@V runs at followup.views
+        followup_dirs = {int(v): Path(followup) / str(v) for v in cfg.followup.views}
+        missing = [str(f) for f in followup_dirs.values() if not f.is_dir()]
+        if missing:
+            raise InputError(f"Folder(s) {', '.join(missing)} missing: run `dvc repro` (or "
+                             "`sparsect followup`) for every view of followup.views.")
     return write_report(folders, out_dir, models=tuple(variant_table(cfg)),
-                        external_dirs=external_dirs)
+                        external_dirs=external_dirs, followup_dirs=followup_dirs)
