@@ -334,3 +334,82 @@ def test_organ_labels_from_a_map_and_from_hu():
     ts[0, 20:24, 10:30] = 5
     mapped = organ_labels(hu, ts, {5: "liver"})
     assert mapped[0, 22, 15] == L["liver"] and structure_organ("vertebrae_L1") == L["spine"]
+
+
+@pytest.fixture(scope="module")
+def prior_scan_files(tmp_path_factory, pairs):
+    from helpers import save_module, write_nifti
+    from sparsect.data.io import volume_from_slices
+
+    folder = tmp_path_factory.mktemp("prior_scan")
+    pair = pairs[0]
+    spacing = (6.0, 6.0, 5.0)
+    files = {"followup": write_nifti(folder / "followup.nii.gz", volume_from_slices(
+                 pair.followup_hu + pair.new_hu), spacing),
+             "baseline": write_nifti(folder / "baseline.nii.gz",
+                                     volume_from_slices(pair.baseline_hu), spacing),
+             "short": write_nifti(folder / "short.nii.gz",
+                                  volume_from_slices(pair.baseline_hu[2:6]), spacing),
+             "mr": write_nifti(folder / "mr.nii.gz", volume_from_slices(
+                 np.clip(pair.baseline_hu + 1000.0, 0, None) * 0.8), spacing),
+             "model": save_module(folder / "model.ckpt", "predicted", 1, True)}
+    return folder, files
+
+
+def test_reconstruct_with_a_prior_scan_runs_piccs_and_records_the_registration(
+        prior_scan_files):
+    from sparsect.cli import main
+
+    folder, files = prior_scan_files
+    out = folder / "piccs.nii.gz"
+    args = ["reconstruct", str(files["followup"]), "-o", str(out), "--model",
+            str(files["model"]), "--method", "piccs", "--prior-scan", str(files["baseline"]),
+            "--option", "weight=0.01", "--option", "alpha=0.8", "--option", "iterations=30",
+            "--params", str(ROOT / "params.yaml")]
+    assert main(args) == 0
+    image = nib_load(out)
+    assert image.shape[:2] == (32, 32) and np.isfinite(image).all()
+    sidecar = json.loads((folder / "piccs.prior.json").read_text())
+    assert sidecar["method"] == "piccs" and sidecar["settings"]["alpha"] == 0.8
+    assert sidecar["registration"]["overlap"] > 0.5 and "rigid" in sidecar["registration"]
+    # the prior changes the result: the same data with FBP differ
+    fbp = folder / "fbp.nii.gz"
+    assert main(["reconstruct", str(files["followup"]), "-o", str(fbp), "--model",
+                 str(files["model"]), "--method", "fbp", "--option", "filter=ram-lak",
+                 "--params", str(ROOT / "params.yaml")]) == 0
+    assert np.abs(nib_load(fbp) - image).mean() > 1.0
+
+
+@pytest.mark.parametrize("case, message", [
+    ("model", "cannot read an earlier scan"),
+    ("no prior", "add --prior-scan"),
+    ("mr", "does not look like CT"),
+    ("short", "covers only"),
+    ("missing", "does not exist"),
+])
+def test_reconstruct_refuses_a_prior_scan_it_cannot_use(prior_scan_files, case, message,
+                                                        capsys):
+    from sparsect.cli import main
+
+    folder, files = prior_scan_files
+    out = folder / f"refused_{case.replace(' ', '_')}.nii.gz"
+    args = ["reconstruct", str(files["followup"]), "-o", str(out), "--model",
+            str(files["model"]), "--params", str(ROOT / "params.yaml"),
+            "--option", "iterations=5"]
+    if case == "model":
+        args = args[:-2] + ["--prior-scan", str(files["baseline"])]
+    elif case == "no prior":
+        args += ["--method", "piccs"]
+    else:
+        prior = folder / "nothing.nii.gz" if case == "missing" else files[case]
+        args += ["--method", "piccs", "--prior-scan", str(prior)]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1, error
+    assert not out.exists() and not (folder / f"{out.name[:-7]}.prior.json").exists()
+
+
+def nib_load(path):
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj, np.float32)

@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "sparsect.registry": 7,
     "sparsect.serving": 7,
     "sparsect.inference": 7,
+    "sparsect.prior_scan": 7,
     "sparsect.deploy": 7,
     "sparsect.stages": 7,
     "sparsect.benchmarks": 7,

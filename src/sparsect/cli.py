@@ -229,7 +229,8 @@ def _reconstruct(args: argparse.Namespace) -> object:
                          "--method tv) or drop --option.")
     written = reconstruct_files(_cfg(args), args.input, args.output, args.model, args.method,
                                 args.views, args.save_reference, args.series, args.dc, prior,
-                                args.runtime, args.export, _options(args.option))
+                                args.runtime, args.export, _options(args.option),
+                                args.prior_scan)
     if prior is not None and prior.oracle:
         print(f"oracle: the map was made from this scan ({prior.path}), so the reconstruction "
               "is an upper bound, not what a new scan would get.")
@@ -408,9 +409,15 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="models:/NAME@champion (default: the sg_unet champion for --views), "
                         "runs:/ID/model, or a checkpoint path")
-    p.add_argument("--method", default="model", choices=["model", *CLASSICAL],
+    p.add_argument("--method", default="model", choices=["model", *CLASSICAL, "piccs"],
                    help="the model, or a classical method with the settings the registry "
-                        "version stores (tuned on validation) or those given by --option")
+                        "version stores (tuned on validation) or those given by --option; "
+                        "piccs reads --prior-scan (its settings: those followup@<views> "
+                        "chose on validation, or --option)")
+    p.add_argument("--prior-scan", type=Path, default=None, metavar="BASELINE",
+                   help="an earlier full-dose CT of the patient (NIfTI, NRRD, MHA, DICOM), "
+                        "registered to this scan; read by --method piccs; the registration "
+                        "is written to <output stem>.prior.json")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the classical --method (repeat it), e.g. --option "
                         "weight=0.03 --option iterations=200; replaces the stored settings")

@@ -53,10 +53,10 @@ from sparsect.data.outputs import (
 )
 from sparsect.data.store import atomic_write_json
 from sparsect.errors import InputError
-from sparsect.methods.case import Case
 from sparsect.methods.classical import Classical
 from sparsect.methods.learned import Learned
 from sparsect.methods.names import CLASSICAL, DC_SUFFIX
+from sparsect.methods.prior import PriorCase, PriorImage
 from sparsect.physics import Geometry
 from sparsect.physics.acquisition import Acquisition, scan_key
 from sparsect.physics.measured import read_sinogram
@@ -64,8 +64,9 @@ from sparsect.priors.labels import label_table
 from sparsect.priors.register import register_label_map
 from sparsect.settings import workers_from_cfg
 
-METHODS = ("model", *CLASSICAL)
-"""What ``sparsect reconstruct --method`` runs: the model, or a classical method."""
+METHODS = ("model", *CLASSICAL, "piccs")
+"""What ``sparsect reconstruct --method`` runs: the model, a classical method, or PICCS
+(which reads an earlier scan, ``--prior-scan``)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,14 @@ class Reconstructor:
         if data_consistency and not module.hparams.get("dc"):
             raise InputError("--dc asks for the model's data-consistency step, but this model "
                              "records none: retrain it with model.dc_steps set, or drop --dc.")
-        if method == "model":
+        if method == "piccs":
+            if options is None:
+                raise InputError(
+                    "--method piccs needs its settings and none were found: give them with "
+                    "--option (e.g. weight=0.01 --option alpha=0.5 --option iterations=200), "
+                    "or run `dvc repro followup@<views>`, which chooses them on validation.")
+            self.applied, self.output = PriorImage("piccs", dict(options)), "piccs"
+        elif method == "model":
             name = module.hparams.get("variant") or "model"
             self.applied: Classical | Learned = Learned(name, module, data_consistency)
             self.output = name + DC_SUFFIX if data_consistency else name
@@ -142,12 +150,15 @@ class Reconstructor:
         return self.acquisition.hu_clip
 
     def from_sinograms(self, sinograms: np.ndarray, images: np.ndarray | None = None,
-                       prior_classes: np.ndarray | None = None) -> np.ndarray:
+                       prior_classes: np.ndarray | None = None,
+                       prior_scan: np.ndarray | None = None) -> np.ndarray:
         """``(N, views, detectors)`` -> ``(N, H, W)`` HU; ``images``: their FBP with the
         acquisition's filter when already made; ``prior_classes``: ``(N, H, W)`` tissue
-        classes for a model that reads external ones (``PriorMap``)."""
+        classes for a model that reads external ones (``PriorMap``); ``prior_scan``:
+        ``(N, H, W)`` HU, an earlier scan registered to these slices (PICCS)."""
         images = self.acquisition.fbp(sinograms) if images is None else images
-        case = Case(images, sinograms, self.acquisition, full_dose_classes=prior_classes)
+        case = PriorCase(images, sinograms, self.acquisition, full_dose_classes=prior_classes,
+                         prior=prior_scan)
         return self.applied.apply(case)[self.output].images
 
     def simulate(self, hu_slices: np.ndarray, name: str) -> np.ndarray:
@@ -181,12 +192,47 @@ def _check_prior(module, method: str, prior: PriorMap | None) -> PriorMap | None
     return prior
 
 
+@dataclass(frozen=True)
+class PriorScan:
+    """The ``--prior-scan`` of ``sparsect reconstruct``: an earlier full-dose CT of the
+    patient, and the registration settings (``followup.registration``)."""
+
+    path: Path
+    registration: dict
+
+
+def _with_prior_scan(recon: Reconstructor, prior_scan: PriorScan, sinograms: np.ndarray,
+                     spacing: tuple[float, float, float], output: Path) -> np.ndarray:
+    """Reads, registers and applies the earlier scan; writes the registration beside
+    ``output``."""
+    from sparsect.prior_scan import read_prior_scan, register_prior_scan
+
+    geometry = recon.geometry
+    baseline, own_mm = read_prior_scan(prior_scan.path, geometry.image_size,
+                                       geometry.pixel_size_mm, recon.hu_clip, spacing[0])
+    images = recon.acquisition.fbp(sinograms)
+    prior, record = register_prior_scan(images, baseline, spacing, prior_scan.registration,
+                                        prior_scan.path)
+    volume = recon.from_sinograms(sinograms, images, prior_scan=prior)
+    check_output_name(output)
+    atomic_write_json(prior_sidecar(output), {
+        "prior_scan": str(Path(prior_scan.path).resolve()), "method": recon.output,
+        "settings": recon.applied.settings, "prior_slice_mm": own_mm,
+        "registration": record})
+    return volume
+
+
 def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
-                      save_reference: bool = False, series: str | None = None) -> Path:
+                      save_reference: bool = False, series: str | None = None,
+                      prior_scan: PriorScan | None = None) -> Path:
     """Reconstructs one input into ``output`` (NIfTI, HU); ``series`` (a UID or series
-    number) picks the series of a DICOM folder that holds several."""
+    number) picks the series of a DICOM folder that holds several; ``prior_scan``: the
+    earlier scan PICCS reads."""
     geometry = recon.geometry
     if item.suffix == ".npy":
+        if prior_scan is not None:
+            raise InputError(f"Sinogram '{item}' has no position in the patient to register "
+                             "--prior-scan to: reconstruct the scan volume instead.")
         if recon.prior is not None:
             raise InputError(f"Sinogram '{item}' has no position in the patient to register "
                              "--prior to: reconstruct the scan volume instead, or drop --prior.")
@@ -201,7 +247,11 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
     reference = axial_slices(subject["ct"].data[0].numpy()).astype(np.float32)
     affine = subject["ct"].affine
     sinograms = recon.simulate(reference, scan_name(item))
-    if recon.prior is None:
+    if prior_scan is not None:
+        spacing = tuple(float(v) for v in subject["ct"].spacing)
+        volume = _with_prior_scan(recon, prior_scan, sinograms,
+                                  (spacing[2], spacing[1], spacing[0]), output)
+    elif recon.prior is None:
         volume = recon.from_sinograms(sinograms)
     else:
         # the map is registered to what this scan gives at reconstruction time: its FBP
@@ -220,7 +270,7 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
     try:
         save_nifti(output, volume_from_slices(volume), affine)
     except BaseException:
-        if recon.prior is not None:
+        if recon.prior is not None or prior_scan is not None:
             prior_sidecar(output).unlink(missing_ok=True)
         raise
     if save_reference:
@@ -233,11 +283,23 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
         save_reference: bool = False, device: str = "auto",
         options: dict[str, Any] | None = None, series: str | None = None,
         data_consistency: bool = False, prior: PriorMap | None = None, seed: int = 0,
-        workers: int = 1) -> list[Path]:
+        workers: int = 1, prior_scan: PriorScan | None = None) -> list[Path]:
+    if prior_scan is not None and method != "piccs":
+        reader = "a model" if method == "model" else f"--method {method}"
+        raise InputError(f"--prior-scan is read by --method piccs, and {reader} cannot read an "
+                         "earlier scan: add --method piccs or drop --prior-scan.")
+    if method == "piccs" and prior_scan is None:
+        raise InputError("--method piccs reconstructs with an earlier scan of the patient: "
+                         "add --prior-scan BASELINE.")
+    if prior_scan is not None and prior is not None:
+        raise InputError("PICCS reads the earlier scan's image, not an organ map: drop --prior.")
     recon = Reconstructor(module, method, views, device=device, options=options,
                           data_consistency=data_consistency, prior=prior, seed=seed,
                           workers=workers)
     inputs = list_inputs(input_path)
+    if prior_scan is not None and len(inputs) != 1:
+        raise InputError(f"--prior-scan is an earlier scan of one patient but '{input_path}' "
+                         f"holds {len(inputs)} inputs: reconstruct them one at a time.")
     if prior is not None and len(inputs) != 1:
         raise InputError(f"--prior is the label map of one patient but '{input_path}' holds "
                          f"{len(inputs)} inputs: reconstruct them one at a time.")
@@ -251,7 +313,7 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
     written = []
     for item in tqdm(inputs, unit="input", desc="reconstruct", disable=len(inputs) == 1):
         written.append(reconstruct_input(recon, item, output_path(output, item, many),
-                                         save_reference, series))
+                                         save_reference, series, prior_scan))
     return written
 
 
@@ -261,7 +323,8 @@ def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str |
                       data_consistency: bool = False,
                       prior: PriorMap | None = None, runtime: str = "torch",
                       export_dir: Path | None = None,
-                      options: dict[str, Any] | None = None) -> list[Path]:
+                      options: dict[str, Any] | None = None,
+                      prior_scan: Path | None = None) -> list[Path]:
     """``sparsect reconstruct``: ``model_uri`` (default: the ``sg_unet`` champion for
     ``views``) applied to ``input_path`` (``series``: the DICOM series to take from a
     folder holding several), with the settings of ``cfg``; ``data_consistency``: the
@@ -279,6 +342,26 @@ def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str |
         module = runtime_module(cfg, module, runtime, uri, export_dir)
     elif options is None:
         options = registered_baselines(cfg, uri).get(method)
+        if options is None and method == "piccs":
+            options = tuned_piccs(Path("reports/followup"), module)
+    scan = None
+    if prior_scan is not None:
+        from omegaconf import OmegaConf
+
+        scan = PriorScan(Path(prior_scan), dict(OmegaConf.to_container(
+            cfg.followup.registration, resolve=True)))
     return run(input_path, output, module, method, views, save_reference,
                str(cfg.physics.device), options, series, data_consistency, prior,
-               int(cfg.seed), workers_from_cfg(cfg))
+               int(cfg.seed), workers_from_cfg(cfg), scan)
+
+
+def tuned_piccs(folder: Path, module) -> dict[str, Any] | None:
+    """The PICCS settings ``followup@<views>`` chose on the validation pairs for the model's
+    view count (``folder/<views>/metrics.json``), or None where it has not run."""
+    import json
+
+    views = Acquisition.of_module(module).geometry.views
+    path = Path(folder) / str(views) / "metrics.json"
+    if not path.is_file():
+        return None
+    return dict(json.loads(path.read_text())["_followup"]["tuning"]["piccs"])

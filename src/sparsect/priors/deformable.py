@@ -118,14 +118,23 @@ def identity(shape: tuple[int, int, int]) -> Registration:
     return Registration(np.zeros((*shape, 3), np.float32), {"rigid": None})
 
 
+def _moving_coords(displacement: np.ndarray, spacing: tuple[float, float, float],
+                   moving_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Voxel coordinates in the moving grid of every fixed voxel; both grids are centred
+    on their middle voxel, so grids of other sizes line up there."""
+    fixed_shape = displacement.shape[:3]
+    grid = np.indices(fixed_shape, dtype=np.float64)
+    return [grid[a] - (fixed_shape[a] - 1) / 2 + displacement[..., a] / spacing[a]
+            + (moving_shape[a] - 1) / 2 for a in range(3)]
+
+
 def warp(moving: np.ndarray, displacement: np.ndarray, spacing: tuple[float, float, float],
          order: int = 1, fill: float | None = None) -> np.ndarray:
     """``moving`` ``(Z, H, W)`` (baseline frame) resampled on the follow-up grid through a
     displacement field (``order`` 1: linear, 0: nearest for labels); outside the
     baseline: ``fill`` (None: the nearest edge value)."""
     shape = moving.shape
-    grid = np.indices(displacement.shape[:3], dtype=np.float64)
-    coords = [grid[a] + displacement[..., a] / spacing[a] for a in range(3)]
+    coords = _moving_coords(displacement, spacing, shape)
     if fill is None:
         return ndimage.map_coordinates(moving, coords, order=order, mode="nearest",
                                        prefilter=False)
@@ -135,11 +144,12 @@ def warp(moving: np.ndarray, displacement: np.ndarray, spacing: tuple[float, flo
     return np.where(inside, out, fill).astype(moving.dtype)
 
 
-def overlap(displacement: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    """Fraction of the follow-up's voxels that the field maps inside the baseline's grid."""
-    shape = displacement.shape[:3]
-    grid = np.indices(shape, dtype=np.float64)
-    coords = [grid[a] + displacement[..., a] / spacing[a] for a in range(3)]
+def overlap(displacement: np.ndarray, spacing: tuple[float, float, float],
+            moving_shape: tuple[int, int, int] | None = None) -> float:
+    """Fraction of the follow-up's voxels that the field maps inside the baseline's grid
+    (``moving_shape``; default the follow-up's own)."""
+    shape = displacement.shape[:3] if moving_shape is None else moving_shape
+    coords = _moving_coords(displacement, spacing, shape)
     inside = np.all([(c >= -0.5) & (c <= n - 0.5) for c, n in zip(coords, shape, strict=True)],
                     axis=0)
     return float(inside.mean())
