@@ -178,6 +178,13 @@ study: {cohort: {subjects: 2, slices: 4, lesions_per_subject: 3, min_lesions: 1,
                  diameter_mm: [12.0, 24.0]},
         subjects: null, channels: 3, channel_width_px: 1.5, full_views: 48}
 segmenter: {epochs: 1, channels: 4, depth: 2}
+followup: {cohort: {subjects: 3, slices: 8, lesions: {new: 2, grown: 1, shrunk: 0, resolved: 1,
+                                                      stable: 0},
+                    min_new_lesions: 1, roi_px: 5, diameter_mm: [12.0, 24.0],
+                    changed_min_mm: 12.0},
+           views: [24], subjects: null, realisations: 2, baseline_views: 48,
+           registration: {fixed: [fbp], iterations: 5},
+           piccs: {weights: [0.01], alphas: [0.8], iterations: [20]}}
 """
 
 

@@ -14,7 +14,17 @@ from sparsect.tracking import CHECKPOINT_TAG, sha256_file
 @pytest.mark.slow
 def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
     metrics = json.loads((tiny_repo / "reports" / "metrics.json").read_text())
-    assert set(metrics) == {"12", "24", "external"}
+    assert set(metrics) == {"12", "24", "external", "followup"}
+    # follow-up imaging at followup.views: every method, the controls and the real pairs
+    followup = metrics.pop("followup")
+    assert set(followup) == {"24"}
+    scored = {m for m in followup["24"] if not m.startswith("_")}
+    assert {"fbp", "tv", "piccs", "prior", "sg_unet", "piccs (unregistered)",
+            "piccs (wrong patient)", "piccs (true field)"} <= scored
+    assert set(followup["24"]["_real"]) == {"abdomen_dicom", "abdomen_upper_ct"}
+    assert (tiny_repo / "reports" / "followup" / "24" / "panels.png").is_file()
+    assert "## Follow-up with an earlier full-dose scan" in (
+        tiny_repo / "reports" / "report.md").read_text()
     external = metrics.pop("external")
     assert set(external) == {"12", "24"}
     for per_scan in external.values():
