@@ -13,7 +13,15 @@ from scipy import ndimage
 
 from helpers import ROOT
 from sparsect.config import load_params
-from sparsect.data.followup import ARRAYS, KINDS, FollowupSpec, build_pairs, make_pair
+from sparsect.data.cohort import sphere_coverage
+from sparsect.data.followup import (
+    ARRAYS,
+    HOSTS_FOLLOWUP,
+    KINDS,
+    FollowupSpec,
+    build_pairs,
+    make_pair,
+)
 from sparsect.data.phantom import PhantomConfig
 from sparsect.errors import InputError
 from sparsect.methods.classical import Classical
@@ -27,7 +35,8 @@ from sparsect.priors.deformable import identity, register_scans, target_error, w
 SMALL = PhantomConfig(shape=(128, 128, 4), spacing_mm=(3.0, 3.0, 5.0), supersample=1,
                       slab_samples=1)
 SPEC = FollowupSpec(subjects=2, slices=8, margin_slices=2, roi_px=9, diameter_mm=(8.0, 14.0),
-                    lesions={"new": 2, "grown": 1, "shrunk": 1, "resolved": 1, "stable": 1},
+                    lesions={"new": 2, "grown": 1, "shrunk": 1, "resolved": 1, "stable": 1,
+                             "lobulated": 2},
                     min_new_lesions=1)
 SPACING = (5.0, 6.0, 6.0)
 CLIP = (-1024.0, 3071.0)
@@ -50,6 +59,17 @@ def test_pairs_hold_every_lesion_kind_where_it_belongs(pairs):
             if x["kind"] == "new":  # the follow-up only, in its own map
                 assert pair.new_hu[z, r, c] == pytest.approx(x["contrast_hu"], rel=0.1)
                 assert x["baseline_diameter_mm"] == 0.0
+            if x["kind"] == "lobulated":  # new, in the same map, but not a sphere
+                assert 2 <= len(x["lobes"]) <= 4 and x["baseline_diameter_mm"] == 0.0
+                near = np.zeros_like(pair.new_hu, bool)
+                reach = int(np.ceil(1.6 * x["diameter_mm"] / 2 / 6.0)) + 2
+                near[max(0, z - 2):z + 3, max(0, r - reach):r + reach + 1,
+                     max(0, c - reach):c + reach + 1] = True
+                host = np.isin(pair.followup_labels, HOSTS_FOLLOWUP[x["host"]])
+                sphere = sphere_coverage(pair.new_hu.shape, (z, r, c), x["diameter_mm"] / 2,
+                                         6.0, 5.0) * host
+                # the lobes add volume the central sphere does not hold
+                assert abs(pair.new_hu[near].sum()) > 1.05 * abs(x["contrast_hu"] * sphere.sum())
             if x["kind"] == "resolved":  # the baseline only, in its own map
                 assert pair.resolved_hu[bz, br, bc] != 0
                 assert np.sign(pair.resolved_hu[bz, br, bc]) == np.sign(x["contrast_hu"])

@@ -27,7 +27,11 @@ it to:
 - ``grown`` / ``shrunk``: in both, the follow-up's diameter at least ``changed_min_mm``;
 - ``resolved``: in the baseline only (its map ``resolved_hu`` on the baseline grid is kept
   apart, so that a baseline without it exists: the ghost-contrast control);
-- ``stable``: the same in both.
+- ``stable``: the same in both;
+- ``lobulated``: new, but not a sphere: a union of 3 to 5 overlapping spheres (a central
+  one and 2 to 4 lobes on its rim). A change type the training pairs never hold
+  (``lesions: {lobulated: 0}`` there): the test cohort's check that a model fed a prior
+  shows what it never learned to expect. In ``new_hu`` with the new lesions, scored apart.
 
 The true field is stored: ``field[z, r, c]`` is the position (mm, ``(z, row, col)``, in the
 baseline grid's frame centred on its middle voxel) that follow-up voxel ``(z, r, c)``
@@ -52,8 +56,13 @@ ARRAYS = ("baseline_hu", "baseline_labels", "resolved_hu", "followup_hu", "follo
           "new_hu", "field")
 """The arrays of a :class:`Pair`, as ``followup_cohort`` stores them (stacked over subjects)."""
 
-KINDS = ("new", "grown", "shrunk", "resolved", "stable")
-"""Lesion kinds, in the order a subject's lesions are drawn."""
+KINDS = ("new", "grown", "shrunk", "resolved", "stable", "lobulated")
+"""Lesion kinds (drawn in the order :data:`DRAW_ORDER`)."""
+DRAW_ORDER = ("grown", "shrunk", "resolved", "stable", "new", "lobulated")
+"""The rarer kinds first, so that a crowded subject runs short of new lesions only; the
+lobulated ones last, so that adding them moves no other lesion."""
+NEW_KINDS = ("new", "lobulated")
+"""Kinds in the follow-up only (``new_hu``)."""
 
 _L = ORGAN_LABELS
 ENHANCEMENT_CHANGE_HU: dict[int, float] = {
@@ -253,8 +262,7 @@ def _place(rng: np.random.Generator, followup_labels: np.ndarray, baseline_label
     follow-up and (where the baseline holds them) at their true baseline position."""
     records: list[dict] = []
     half = spec.roi_px // 2
-    # the rarer kinds first, so that a crowded subject runs short of new lesions only
-    kinds = [k for k in (*KINDS[1:], KINDS[0]) for _ in range(int(spec.lesions.get(k, 0)))]
+    kinds = [k for k in DRAW_ORDER for _ in range(int(spec.lesions.get(k, 0)))]
     hosts = tuple(h for h in ("liver", "lung")
                   if np.isin(followup_labels, HOSTS[h]).sum() >= _MIN_HOST_PIXELS)
     hosts = hosts or ("soft tissue",)
@@ -265,13 +273,16 @@ def _place(rng: np.random.Generator, followup_labels: np.ndarray, baseline_label
             low = spec.changed_min_mm if kind in ("grown", "shrunk") else spec.diameter_mm[0]
             diameter = float(rng.uniform(low, max(low, spec.diameter_mm[1])))
             factor = float(rng.uniform(*spec.change_factor))
-            baseline_d = {"new": 0.0, "grown": diameter / factor, "shrunk": diameter * factor,
-                          "resolved": diameter, "stable": diameter}[kind]
+            baseline_d = {"new": 0.0, "lobulated": 0.0, "grown": diameter / factor,
+                          "shrunk": diameter * factor, "resolved": diameter,
+                          "stable": diameter}[kind]
             followup_d = 0.0 if kind == "resolved" else diameter
             contrast = float(rng.uniform(*spec.contrast_hu))
             sign = -1.0 if host == "liver" and rng.uniform() < 0.6 else 1.0
             z = int(rng.integers(1, shape[0] - 1))
-            biggest = max(baseline_d, followup_d)
+            lobes = _lobes(rng, diameter) if kind == "lobulated" else []
+            # a lobe reaches at most 1.6 radii from the centre
+            biggest = max(baseline_d, followup_d) * (1.6 if lobes else 1.0)
             margin = int(np.ceil(biggest / 2 / spacing[1])) + 1
             inner = ndimage.binary_erosion(np.isin(followup_labels[z], HOSTS_FOLLOWUP[host]),
                                            np.ones((2 * margin + 1,) * 2, bool))
@@ -286,7 +297,7 @@ def _place(rng: np.random.Generator, followup_labels: np.ndarray, baseline_label
                 continue
             moved = field_mm[z, row, col] / np.asarray(spacing)
             bz, br, bc = (float(v) for v in np.array([z, row, col]) + moved)
-            if kind != "new":
+            if kind not in NEW_KINDS:
                 if not (0 <= bz <= shape[0] - 1 and half <= br < shape[1] - half
                         and half <= bc < shape[2] - half):
                     continue
@@ -297,9 +308,28 @@ def _place(rng: np.random.Generator, followup_labels: np.ndarray, baseline_label
                 "subject": subject, "kind": kind, "host": host,
                 "contrast_hu": round(sign * contrast, 3), "slice": z, "row": row, "col": col,
                 "diameter_mm": round(followup_d, 3), "baseline_diameter_mm": round(baseline_d, 3),
-                "baseline_zrc": [round(bz, 4), round(br, 4), round(bc, 4)]})
+                "baseline_zrc": [round(bz, 4), round(br, 4), round(bc, 4)],
+                **({"lobes": lobes} if lobes else {})})
             break
     return records
+
+
+def _lobes(rng: np.random.Generator, diameter: float) -> list[list[float]]:
+    """2 to 4 lobes of a lobulated lesion of ``diameter`` (mm): each ``[dz, dr, dc, d]`` in
+    mm, its centre 0.6 to 0.9 radii from the lesion's (in-plane, at an angle spread
+    around the rim, a little along z) and its diameter 0.5 to 0.7 of the lesion's."""
+    radius = diameter / 2
+    count = int(rng.integers(2, 5))
+    start = float(rng.uniform(0.0, 2 * fpmath.PI))
+    out = []
+    for i in range(count):
+        angle = start + 2 * fpmath.PI * i / count + float(rng.uniform(-0.4, 0.4))
+        distance = float(rng.uniform(0.6, 0.9)) * radius
+        cos, sin = (float(f(np.array([angle]))[0]) for f in (fpmath.cos, fpmath.sin))
+        out.append([round(float(rng.uniform(-0.3, 0.3)) * radius, 4),
+                    round(distance * sin, 4), round(distance * cos, 4),
+                    round(float(rng.uniform(0.5, 0.7)) * diameter, 4)])
+    return out
 
 
 def _render(records: list[dict], labels: np.ndarray, spacing: tuple[float, float, float],
@@ -314,6 +344,11 @@ def _render(records: list[dict], labels: np.ndarray, spacing: tuple[float, float
             centre = (lesion["slice"], lesion["row"], lesion["col"])
             diameter = lesion["diameter_mm"]
         cover = sphere_coverage(labels.shape, centre, diameter / 2, spacing[1], spacing[0])
+        for dz, dr, dc, d in lesion.get("lobes", []):  # a union: the largest coverage
+            lobe = (centre[0] + dz / spacing[0], centre[1] + dr / spacing[1],
+                    centre[2] + dc / spacing[2])
+            cover = np.maximum(cover, sphere_coverage(labels.shape, lobe, d / 2, spacing[1],
+                                                      spacing[0]))
         cover *= np.isin(labels, HOSTS_FOLLOWUP[lesion["host"]])
         out += np.float32(lesion["contrast_hu"]) * cover
     return out
@@ -374,7 +409,7 @@ def make_pair(anatomy_hu: np.ndarray, anatomy_labels: np.ndarray, spec: Followup
     resolved_hu = _render(lesions, baseline_labels, spacing, True, ("resolved",))
     followup_lesions = _render(lesions, followup_labels, spacing, False,
                                ("grown", "shrunk", "stable"))
-    new_hu = _render(lesions, followup_labels, spacing, False, ("new",))
+    new_hu = _render(lesions, followup_labels, spacing, False, NEW_KINDS)
     motion = {"baseline_dz_slices": round(baseline_dz, 6), "rotation_deg": round(
         angle * 180.0 / fpmath.PI, 6), "shift_mm": [round(float(v), 6) for v in shift],
         "elastic_mm": round(elastic_amp, 6), "fat_change": round(fat, 6), **draws}

@@ -1,10 +1,13 @@
 """Stage ``followup_cohort``: the follow-up pairs (:mod:`sparsect.data.followup`): the test
-cohort (its own seed, never trained or tuned on) and validation pairs made the same way
-from the data set's validation subjects, which every setting of ``followup@V`` is chosen
-on."""
+cohort (its own seed, never trained or tuned on), and pairs made the same way from the
+data set's training and validation subjects: a prior model learns from the training
+pairs, and every setting of ``followup@V`` and of its training is chosen on the
+validation pairs. The lobulated lesions (a change type no model learns) are in the test
+cohort only."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +31,24 @@ def followup_spec(cfg: DictConfig) -> FollowupSpec:
                          ) from None
 
 
-def validation_subjects(cfg: DictConfig) -> list[int]:
-    """The data set's validation subjects (the split ``prepare`` makes of the phantoms)."""
+def data_subjects(cfg: DictConfig, split: str) -> list[int]:
+    """The data set's subjects of ``split`` (the split ``prepare`` makes of the phantoms)."""
     from sparsect.data.split import split_subjects
 
     names = [f"subject_{i:03d}" for i in range(int(cfg.data.phantom.subjects))]
-    split = split_subjects(names, dict(cfg.data.split), int(cfg.data.split.seed))
-    return sorted(int(name.split("_")[1]) for name in split["val"])
+    parts = split_subjects(names, dict(cfg.data.split), int(cfg.data.split.seed))
+    return sorted(int(name.split("_")[1]) for name in parts[split])
+
+
+def validation_subjects(cfg: DictConfig) -> list[int]:
+    """The data set's validation subjects."""
+    return data_subjects(cfg, "val")
 
 
 def followup_cohort(cfg: DictConfig, out_dir: Path, workers: int | None = None) -> Path:
-    """Writes ``test/`` and ``val/`` (each the arrays of :data:`ARRAYS`, ``(S, Z, ...)``,
-    ``lesions.json``, ``motion.json``) and ``cohort.json`` into ``out_dir``."""
+    """Writes ``test/``, ``train/`` and ``val/`` (each the arrays of :data:`ARRAYS`,
+    ``(S, Z, ...)``, ``lesions.json``, ``motion.json``) and ``cohort.json`` into
+    ``out_dir``."""
     from sparsect.stages.make_data import phantom_config
 
     spec = followup_spec(cfg)
@@ -47,9 +56,11 @@ def followup_cohort(cfg: DictConfig, out_dir: Path, workers: int | None = None) 
     common = (phantom_config(data.phantom), int(data.image_size), float(data.pixel_size_mm),
               tuple(data.hu_clip))
     workers = workers_from_cfg(cfg, workers)
+    learned = dataclasses.replace(spec, lesions={**spec.lesions, "lobulated": 0})
     parts = {"test": build_pairs(spec, *common, workers=workers),
-             "val": build_pairs(spec, *common, subjects=validation_subjects(cfg),
-                                seed=int(data.phantom.seed), workers=workers)}
+             **{split: build_pairs(learned, *common, subjects=data_subjects(cfg, split),
+                                   seed=int(data.phantom.seed), workers=workers)
+                for split in ("train", "val")}}
     new = sum(x["kind"] == "new" for pair in parts["test"] for x in pair.lesions)
     if new < spec.min_new_lesions:
         raise InputError(f"followup.cohort: the test subjects hold {new} new lesions, fewer "
@@ -68,7 +79,8 @@ def followup_cohort(cfg: DictConfig, out_dir: Path, workers: int | None = None) 
             kinds = [x["kind"] for p in pairs for x in p.lesions]
             header[split] = {"subjects": len(pairs),
                              "lesions": {k: kinds.count(k) for k in sorted(set(kinds))}}
-        header["val"]["from"] = (f"data.phantom seed {int(data.phantom.seed)}, validation "
-                                 f"subjects {validation_subjects(cfg)}")
+        for split in ("train", "val"):
+            header[split]["from"] = (f"data.phantom seed {int(data.phantom.seed)}, {split} "
+                                     f"subjects {data_subjects(cfg, split)}")
         atomic_write_json(tmp / "cohort.json", header)
     return Path(out_dir)
