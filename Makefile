@@ -19,7 +19,8 @@ BIN = $(VENV)/bin
 space := $(subst ,, )
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast lint params clean ablation lock unrolled ellipses followup
+.PHONY: setup run test test-fast lint params clean ablation lock unrolled ellipses followup \
+	followup-endpoint
 
 setup: $(VENV)/.installed
 
@@ -86,17 +87,30 @@ ablation: setup
 		--work artifacts/ablation --out reports/ablation.json
 
 # Follow-up imaging at 15, 30 and 60 views on the whole follow-up cohort (make run scores
-# its first followup.subjects at followup.views); the learned model where train@<views>
-# made one (none at 15 views: FBP, TV, PICCS and the prior only). README gives its time.
+# its first followup.subjects at followup.views); the learned models where train@<views>
+# and followup_train@<views> made them (none at 15 views: FBP, TV, PICCS and the prior
+# only). README gives its time.
 FOLLOWUP_VIEWS ?= 15 30 60
 followup: setup
 	$(BIN)/sparsect make-data --if-empty --out data
 	$(BIN)/dvc repro followup_cohort $(foreach v,$(FOLLOWUP_VIEWS),$(if $(filter $(v),30 60 120),train@$(v)))
 	set -e; for v in $(FOLLOWUP_VIEWS); do \
 		models=""; if [ -f artifacts/models/$$v/summary.json ]; then models="--models artifacts/models/$$v"; fi; \
+		if [ -f artifacts/followup-models/$$v/summary.json ]; then \
+			models="$$models --prior-models artifacts/followup-models/$$v --segmenter artifacts/segmenter"; fi; \
 		$(BIN)/sparsect followup --views $$v --cohort artifacts/followup $$models --scans realct \
 			--out reports/followup-all/$$v followup.subjects=null; \
 	done
+
+# The learned prior model's pre-stated endpoint (README, Follow-up; followup.endpoint):
+# the model and its comparator at every seed, on the whole follow-up cohort at 30 views.
+followup-endpoint: setup
+	$(BIN)/sparsect make-data --if-empty --out data
+	$(BIN)/dvc repro followup_cohort segmenter train@30
+	$(BIN)/sparsect followup-endpoint --cohort artifacts/followup --segmenter artifacts/segmenter \
+		--prepared artifacts/prepared --sim artifacts/sim/30 --masks artifacts/masks \
+		--models artifacts/models/30 --work artifacts/followup-endpoint \
+		--out reports/followup-endpoint
 
 # Recompose params.yaml after editing conf/ (a test checks they agree).
 params: setup

@@ -23,6 +23,7 @@ from sparsect.models.variants import (
     net_spec,
     variant_table,
 )
+from sparsect.priors.organs import ORGAN_CLASSES
 from sparsect.stages.train import default_models
 
 
@@ -44,15 +45,28 @@ USER_ENTRY = "+variants.tiny_net={net: {_target_: test_variants.TinyNet, width: 
 
 def test_the_default_table():
     table = variant_table(load_params(ROOT / "params.yaml"))
-    assert list(table) == ["unet", "sg_unet", "sg_threshold", "sg_oracle", "lpd", "sg_lpd"]
+    assert list(table) == ["unet", "sg_unet", "sg_threshold", "sg_oracle", "prior_unet", "lpd",
+                           "sg_lpd"]
     assert [v.prior for v in table.values()] == ["none", "predicted", "threshold", "oracle",
-                                                 "none", "predicted"]
+                                                 "scan", "none", "predicted"]
     assert [name for name, v in table.items() if v.deployable] == ["unet", "sg_unet",
-                                                                     "sg_threshold", "lpd",
-                                                                     "sg_lpd"]
+                                                                     "sg_threshold", "prior_unet",
+                                                                     "lpd", "sg_lpd"]
     assert [name for name, v in table.items() if v.upper_bound] == ["sg_oracle"]
     assert [name for name, v in table.items() if v.operator] == ["lpd", "sg_lpd"]
     assert table["unet"].match_params == "sg_unet"
+    assert table["prior_unet"].match_params == "sg_unet"
+
+
+def test_the_prior_model_has_sg_unets_budget_of_parameters():
+    cfg = load_params(ROOT / "params.yaml")
+    table = variant_table(cfg)
+    counts = {name: count_parameters(build_net(net_spec(table[name], cfg.model, table)))
+              for name in ("sg_unet", "prior_unet")}
+    assert abs(counts["prior_unet"] / counts["sg_unet"] - 1) <= 0.05, counts
+    # it reads the earlier scan and an organ map of the segmenter's classes
+    net = build_net(net_spec(table["prior_unet"], cfg.model, table))
+    assert net.prior_channels == 1 + ORGAN_CLASSES
 
 
 def test_the_default_models_follow_prior_variant():
@@ -61,6 +75,8 @@ def test_the_default_models_follow_prior_variant():
     assert default_models(load_params(ROOT / "params.yaml", ["prior.variant=threshold"])) == (
         "unet", "sg_threshold")
     assert default_models(load_params(ROOT / "params.yaml", ["prior.variant=none"])) == ("unet",)
+    with pytest.raises(InputError, match="train on the follow-up pairs"):
+        default_models(load_params(ROOT / "params.yaml", ["prior.variant=scan"]))
     with pytest.raises(InputError, match="prior.variant 'lung' is unknown"):
         default_models(load_params(ROOT / "params.yaml", ["prior.variant=lung"]))
     # variants reading the sinogram (sg_lpd has the predicted prior) train only when listed

@@ -131,8 +131,14 @@ def _followup(args: argparse.Namespace) -> object:
     from sparsect.stages.followup import followup
 
     followup(_cfg(args), args.cohort, args.views, args.out, args.models, args.images,
-             args.scans)
+             args.scans, args.prior_models, args.segmenter)
     return args.out
+
+
+def _followup_train(args: argparse.Namespace) -> object:
+    from sparsect.stages.followup_train import followup_train
+
+    return followup_train(_cfg(args), args.cohort, args.segmenter, args.views, args.out)
 
 
 def _external(args: argparse.Namespace) -> object:
@@ -140,6 +146,14 @@ def _external(args: argparse.Namespace) -> object:
 
     return external(_cfg(args), args.scans, args.models, args.baselines, args.out, args.views,
                     args.workers, args.images)
+
+
+def _followup_endpoint(args: argparse.Namespace) -> object:
+    from sparsect.stages.followup_endpoint import followup_endpoint
+
+    followup_endpoint(_cfg(args), args.cohort, args.segmenter, args.prepared, args.sim,
+                      args.masks, args.models, args.work, args.out)
+    return args.out
 
 
 def _ablation(args: argparse.Namespace) -> object:
@@ -326,6 +340,11 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
                  paths=("out",))
     p.add_argument("--workers", type=int, default=None)
 
+    p = _command(commands, "followup-train", _followup_train,
+                 "trains the models that read an earlier scan, on the follow-up training pairs",
+                 paths=("cohort", "segmenter", "out"))
+    p.add_argument("--views", type=int, required=True)
+
     p = _command(commands, "followup", _followup,
                  "every method with and without the earlier scan, on the follow-up cohort",
                  paths=("cohort", "out"))
@@ -337,6 +356,11 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
                    help="also write every method's images as DIR/<method>.npy")
     p.add_argument("--scans", type=Path, default=None,
                    help="real scans (realct/): a pair made from each, scored per scan")
+    p.add_argument("--prior-models", type=Path, default=None,
+                   help="a followup_train@<views> output: its models that read the earlier "
+                        "scan (with --segmenter)")
+    p.add_argument("--segmenter", type=Path, default=None,
+                   help="the segmenter stage's output: the organ map of the earlier scan")
 
     p = _command(commands, "external", _external,
                  "every method on the real scans (external validation) at one view count",
@@ -345,6 +369,14 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--images", type=Path, default=None, metavar="DIR",
                    help="also write every method's images of each scan (<scan>/<method>.npy)")
+
+    p = _command(commands, "followup-endpoint", _followup_endpoint,
+                 "the learned prior model's pre-stated endpoint against its comparator, "
+                 "over seeds, on the whole follow-up cohort (followup.endpoint)",
+                 paths=("cohort", "segmenter", "prepared", "sim", "masks", "work", "out"))
+    p.add_argument("--models", type=Path, default=None,
+                   help="the train@<views> output whose comparator checkpoint stands for "
+                        "the config's seed (else it is trained too)")
 
     p = _command(commands, "ablation", _ablation,
                  "train and score every variant at each view count and seed of `ablation`",

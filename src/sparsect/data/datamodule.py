@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from sparsect.data.store import load_array, read_json
 from sparsect.physics.units import HU_SCALE
 from sparsect.priors.classes import NUM_TISSUE_CLASSES
+from sparsect.priors.organs import scan_prior
 
 
 def neighbour_table(index: list[list], context: int) -> np.ndarray:
@@ -66,6 +67,9 @@ class SliceDataset(Dataset):
             while inference still runs on whole slices.
         neighbours: ``(N, k)`` from :func:`neighbour_table` for 2.5D input (k
             FBP slices as channels; target and masks are the centre slice's).
+        prior_scan, prior_organs: ``(N, H, W)`` the earlier scan registered to each slice
+            (HU) and its organ classes, for ``prior: scan`` networks (their input
+            ``prior_probs``, :func:`~sparsect.priors.organs.scan_prior`).
         sinograms: ``(N, views, bins)`` measurements, for networks that read them
             through the CT operator. Those train on whole slices without flips: a crop
             or a flip of the image is not the image of that sinogram.
@@ -74,7 +78,9 @@ class SliceDataset(Dataset):
     def __init__(self, fbp_hu: np.ndarray, target_hu: np.ndarray, masks: np.ndarray,
                  prior_classes: np.ndarray | None = None, augment: bool = False,
                  crop: int | None = None, neighbours: np.ndarray | None = None,
-                 seed: int = 0, sinograms: np.ndarray | None = None) -> None:
+                 seed: int = 0, sinograms: np.ndarray | None = None,
+                 prior_scan: np.ndarray | None = None,
+                 prior_organs: np.ndarray | None = None) -> None:
         if not (len(fbp_hu) == len(target_hu) == len(masks)):
             raise ValueError(
                 f"slice counts differ: fbp {len(fbp_hu)}, target {len(target_hu)}, "
@@ -85,6 +91,10 @@ class SliceDataset(Dataset):
             raise ValueError(f"slice counts differ: fbp {len(fbp_hu)}, sinograms "
                              f"{len(sinograms)}")
         self.prior_classes = prior_classes
+        if (prior_scan is None) != (prior_organs is None) or (
+                prior_scan is not None and not len(prior_scan) == len(prior_organs) == len(fbp_hu)):
+            raise ValueError("a prior scan needs its organ map, one per slice")
+        self.prior_scan, self.prior_organs = prior_scan, prior_organs
         self.sinograms = sinograms
         self.augment = augment and sinograms is None
         self.crop = crop if sinograms is None else None
@@ -123,6 +133,9 @@ class SliceDataset(Dataset):
             classes = np.asarray(self.prior_classes[index, rows, cols], dtype=np.int64)
             arrays["prior_probs"] = np.eye(NUM_TISSUE_CLASSES, dtype=np.float32)[classes]
             arrays["prior_probs"] = np.moveaxis(arrays["prior_probs"], -1, 0)
+        if self.prior_scan is not None:
+            arrays["prior_probs"] = scan_prior(self.prior_scan[index, rows, cols][None],
+                                               self.prior_organs[index, rows, cols][None])[0]
         if self.sinograms is not None:
             arrays["sinogram"] = np.asarray(self.sinograms[index], np.float32)
         if self.augment:
@@ -212,3 +225,22 @@ class SliceDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
+
+
+class ArrayDataModule(SliceDataModule):
+    """Train/val loaders over slices held in memory: ``train`` and ``val`` are the keyword
+    arguments of :class:`SliceDataset` (e.g. the follow-up pairs a ``prior: scan`` model
+    learns from), cropped, flipped and sampled as :class:`SliceDataModule` does."""
+
+    def __init__(self, train: dict[str, np.ndarray], val: dict[str, np.ndarray],
+                 batch_size: int = 8, num_workers: int = 0, augment: bool = True,
+                 crop: int | None = None, seed: int = 0) -> None:
+        super().__init__(None, None, "scan", batch_size=batch_size, num_workers=num_workers,
+                         augment=augment, crop=crop, seed=seed)
+        self.arrays = {"train": train, "val": val}
+
+    def setup(self, stage: str | None = None) -> None:
+        for split, arrays in self.arrays.items():
+            self.datasets[split] = SliceDataset(
+                **arrays, augment=self.augment and split == "train",
+                crop=self.crop if split == "train" else None, seed=self.seed)

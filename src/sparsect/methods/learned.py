@@ -55,7 +55,7 @@ class Learned:
     @property
     def prior(self) -> str:
         """What the network reads beside the FBP (``none``, ``predicted``, ``threshold``,
-        ``oracle``), as its checkpoint records it."""
+        ``oracle``, ``scan``), as its checkpoint records it."""
         return str(self.module.hparams.get("prior", "none"))
 
     @property
@@ -80,13 +80,19 @@ class Learned:
 
     def apply(self, case: Case) -> dict[str, Output]:
         """``{name: Output}``, and ``{name+dc: Output}`` with the data-consistency step."""
+        scan = {}
+        if self.prior == "scan":
+            if getattr(case, "prior", None) is None or getattr(case, "prior_organs", None) is None:
+                raise InputError(f"Model '{self.name}' reads an earlier scan of the patient: "
+                                 "give one (--prior-scan).")
+            scan = {"prior_scan": case.prior, "prior_organs": case.prior_organs}
         prediction = predict(
             self.module, case.fbp, index=case.index,
             full_dose_classes=case.full_dose_classes if self.reads_full_dose else None,
             sinogram=case.sinograms if self.reads_sinogram else None,
             geometry=None if case.acquisition is None else case.acquisition.geometry,
             slices=case.slices, batch_size=self.batch_size, mirror_average=self.mirror_average,
-            data_consistency=self.data_consistency)
+            data_consistency=self.data_consistency, **scan)
         label = dict(self.label or {})
         out = {self.name: Output(prediction.images, label, prediction.classes)}
         if prediction.consistent is not None:

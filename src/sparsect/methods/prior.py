@@ -22,15 +22,22 @@ class PriorCase(Case):
         prior: ``(N, H, W)`` float32 HU: the earlier full-dose scan registered to the case's
             slices (its own acquisition, never their reference); read only by the
             prior-image methods.
+        prior_organs: ``(N, H, W)`` the organ classes of ``prior`` (the fixed segmenter's,
+            :func:`sparsect.priors.organs.segmenter_classes`), for learned models that read
+            an earlier scan (``prior: scan``).
     """
 
     prior: np.ndarray | None = None
+    prior_organs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.prior is not None and np.shape(self.prior) != self.fbp.shape:
             raise ValueError(f"a case's prior must match its FBP {self.fbp.shape}, got "
                              f"{np.shape(self.prior)}")
+        if self.prior_organs is not None and np.shape(self.prior_organs) != self.fbp.shape:
+            raise ValueError(f"a case's prior organ map must match its FBP {self.fbp.shape}, "
+                             f"got {np.shape(self.prior_organs)}")
 
 
 PRIOR_METHODS = ("piccs", "prior")

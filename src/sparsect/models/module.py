@@ -12,6 +12,8 @@ The prior (see :mod:`sparsect.models.variants`) decides what the network is give
     threshold  - conditioned on classical HU-threshold masks of the FBP.
     oracle     - conditioned on the full-dose masks: an upper bound, never a
                  deployable result.
+    scan       - an earlier full-dose scan of the patient registered to the slice, and
+                 its organ map (follow-up imaging): read at test time as in training.
 
 Everything applying the model to new data needs is recorded in the checkpoint's
 hyper-parameters: the network spec, the prior, the intensity scale, the
@@ -127,7 +129,8 @@ class ReconModule(pl.LightningModule):
         if self.hparams.prior == "none":
             out = self.net(fbp, **kwargs)
         else:
-            external = prior_probs if self.hparams.prior in ("threshold", "oracle") else None
+            external = (prior_probs if self.hparams.prior in ("threshold", "oracle", "scan")
+                        else None)
             out = self.net(fbp, external, **kwargs)
         return out if isinstance(out, tuple) else (out, None)
 

@@ -33,6 +33,7 @@ from sparsect.errors import InputError
 from sparsect.models.consistency import conjugate_gradient
 from sparsect.models.module import ReconModule
 from sparsect.priors.masks import one_hot, tissue_masks_from_hu
+from sparsect.priors.organs import scan_prior
 
 BATCH_SIZE = 16
 MIRROR_AVERAGE = True
@@ -89,7 +90,8 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
             geometry: Any = None, batch_size: int = BATCH_SIZE,
             mirror_average: bool = MIRROR_AVERAGE,
             slices: np.ndarray | list[int] | None = None,
-            data_consistency: bool = False) -> Prediction:
+            data_consistency: bool = False, prior_scan: np.ndarray | None = None,
+            prior_organs: np.ndarray | None = None) -> Prediction:
     """Runs ``module`` on ``(N, H, W)`` FBP slices in HU.
 
     Args:
@@ -109,6 +111,8 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
             stays ``(N, H, W)``.
         data_consistency: also return the images after the data-consistency step the
             model's checkpoint records (``Prediction.consistent``).
+        prior_scan, prior_organs: ``(N, H, W)`` the earlier scan registered to the slices
+            (HU) and its organ classes, for ``prior: scan`` models only.
     """
     fbp_hu = np.asarray(fbp_hu, np.float32)
     if fbp_hu.ndim != 3:
@@ -125,6 +129,15 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
         _check_measurements(module, sinogram, geometry, data_consistency)
     mirror_average = mirror_average and not module.needs_operator
     classes_in = prior_classes(str(module.hparams.prior), fbp_hu, full_dose_classes)
+    reads_scan = str(module.hparams.prior) == "scan"
+    if reads_scan != (prior_scan is not None) or (prior_scan is None) != (prior_organs is None):
+        name = module.hparams.variant or "this model"
+        raise InputError(f"Model '{name}' reads an earlier scan and its organ map: give both "
+                         "(--prior-scan)." if reads_scan else
+                         f"Model '{name}' reads no earlier scan: reconstruct without one.")
+    if reads_scan and not (np.shape(prior_scan) == np.shape(prior_organs) == fbp_hu.shape):
+        raise ValueError(f"the prior scan {np.shape(prior_scan)} and its organ map "
+                         f"{np.shape(prior_organs)} must match the FBP {fbp_hu.shape}")
     images, classes, consistent = [], [], []
     for start in range(0, len(picks), batch_size):
         rows = picks[start:start + batch_size]
@@ -132,6 +145,9 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
         prior = None
         if classes_in is not None:
             prior = torch.from_numpy(one_hot(classes_in[rows])).to(module.device)
+        elif reads_scan:
+            prior = torch.from_numpy(scan_prior(prior_scan[rows], prior_organs[rows])
+                                     ).to(module.device)
         measured = (torch.from_numpy(np.asarray(sinogram[rows], np.float32))
                     if reads_sinogram else None)
         recon, probs = module.reconstruct_hu(fbp, prior, measured)

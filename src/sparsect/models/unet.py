@@ -175,6 +175,53 @@ class UNet(nn.Module):
         return (centre + self.head(self.decoder(features))).contiguous()
 
 
+class PriorUNet(nn.Module):
+    """Residual UNet that reads an earlier scan of the patient (``prior: scan``).
+
+    Args:
+        organ_classes: classes of the earlier scan's organ map.
+
+    ``forward(fbp, prior)``: ``prior (B, 1 + organ_classes, H, W)`` holds the earlier
+    scan registered to the slice (network units) and its organ map one-hot
+    (:func:`sparsect.priors.organs.scan_prior`). The encoder reads the FBP slices, the
+    earlier scan and their difference (the centre slice's FBP minus it: where the data
+    disagree with the prior, the streaks and the change); every decoder level is
+    modulated (SPADE) by the earlier scan and its organ map, and the output is a
+    residual on the centre FBP slice, so a network that ignores the prior is a plain
+    residual UNet.
+
+    >>> model = PriorUNet(channels=8, depth=3, organ_classes=4)
+    >>> model(torch.zeros(2, 1, 32, 32), torch.zeros(2, 5, 32, 32)).shape
+    torch.Size([2, 1, 32, 32])
+    """
+
+    def __init__(self, in_channels: int = 1, channels: int = 16, depth: int = 4,
+                 organ_classes: int = 10) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.prior_channels = 1 + organ_classes
+        self.encoder = Encoder(in_channels + 2, channels, depth)
+        self.decoder = Decoder(self.encoder.widths, prior_channels=self.prior_channels)
+        self.fuse = ConvBlock(self.decoder.out_channels + self.prior_channels,
+                              self.decoder.out_channels)
+        self.head = nn.Conv2d(self.decoder.out_channels, 1, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        _channels_last(self)
+
+    def forward(self, fbp: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        if prior is None or prior.shape[1] != self.prior_channels:
+            raise ValueError(f"PriorUNet reads a prior of {self.prior_channels} channels "
+                             "(the earlier scan and its organ map)")
+        centre = fbp[:, self.in_channels // 2 : self.in_channels // 2 + 1]
+        scan = prior[:, :1]
+        x = torch.cat([fbp, scan, centre - scan], dim=1)
+        features = self.encoder(x.contiguous(memory_format=CHANNELS_LAST))
+        x = self.decoder(features, prior)
+        x = self.fuse(torch.cat([x, prior], dim=1))
+        return (centre + self.head(x)).contiguous()
+
+
 class SGUNet(nn.Module):
     """Semantically-guided residual UNet.
 

@@ -18,7 +18,8 @@ receives the keys of the ``model`` section its constructor names
 (``in_channels`` = ``model.context_slices``, ``channels``, ``depth``,
 ``seg_channels``, ``num_classes``), then the entry's own ``net`` keys, which win.
 With ``prior: none`` it is called as ``net(fbp)``; with any other prior as
-``net(fbp, prior_probs)``. It returns the reconstruction ``(B, 1, H, W)`` or a
+``net(fbp, prior_probs)`` (for ``prior: scan``, ``prior_probs`` is the earlier scan
+and its organ map). It returns the reconstruction ``(B, 1, H, W)`` or a
 pair ``(reconstruction, segmentation logits | None)``. A network that reads the
 measurements (learned iterative schemes such as ``lpd``) sets the class attribute
 ``needs_operator = True`` and its entry ``operator: true``; it is also given
@@ -44,9 +45,11 @@ from torch import nn
 from sparsect.errors import InputError
 from sparsect.priors.classes import NUM_TISSUE_CLASSES
 
-PRIORS = ("none", "predicted", "threshold", "oracle")
+PRIORS = ("none", "predicted", "threshold", "oracle", "scan")
 """What a network is given beside the FBP: nothing; its own predicted tissue
-classes; HU-threshold classes of the FBP; the full-dose classes (an upper bound)."""
+classes; HU-threshold classes of the FBP; the full-dose classes (an upper bound); an
+earlier full-dose scan of the patient, registered, with its organ map (follow-up
+imaging: :func:`sparsect.priors.organs.scan_prior`)."""
 
 _ENTRY_KEYS = {"net", "prior", "deployable", "upper_bound", "match_params", "operator"}
 

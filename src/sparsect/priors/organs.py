@@ -136,6 +136,34 @@ def segmenter_class_names() -> tuple[str, ...]:
     return ("background", "body", *DOWNSTREAM_ORGANS)
 
 
+ORGAN_CLASSES = 2 + len(DOWNSTREAM_ORGANS)
+"""Number of segmenter classes: the organ-level classes a prior scan's organ map holds."""
+
+
+def scan_prior(prior_hu: np.ndarray, organ_classes: np.ndarray) -> np.ndarray:
+    """What a ``prior: scan`` network reads beside the FBP: ``(N, 1 + ORGAN_CLASSES, H, W)``
+    float32, the earlier scan registered to the slices (``hu / HU_SCALE``) and its organ
+    map one-hot (segmenter classes, :func:`segmenter_classes`).
+
+    >>> scan_prior(np.zeros((2, 4, 4)), np.ones((2, 4, 4), np.uint8)).shape
+    (2, 11, 4, 4)
+    """
+    from sparsect.physics.units import HU_SCALE
+
+    prior_hu = np.asarray(prior_hu, np.float32)
+    organ_classes = np.asarray(organ_classes)
+    if prior_hu.shape != organ_classes.shape or prior_hu.ndim != 3:
+        raise ValueError(f"a prior scan (N, H, W) and its organ map must match, got "
+                         f"{prior_hu.shape} and {organ_classes.shape}")
+    if organ_classes.size and (organ_classes.min() < 0 or organ_classes.max() >= ORGAN_CLASSES):
+        raise ValueError(f"organ classes must lie in [0, {ORGAN_CLASSES})")
+    out = np.zeros((len(prior_hu), 1 + ORGAN_CLASSES, *prior_hu.shape[1:]), np.float32)
+    out[:, 0] = prior_hu / HU_SCALE
+    n, h, w = np.indices(organ_classes.shape)
+    out[n, 1 + organ_classes.astype(np.int64), h, w] = 1.0
+    return out
+
+
 def _class_table() -> np.ndarray:
     table = np.full(max(ORGAN_LABELS.values()) + 1, SEGMENTER_BODY, dtype=np.int8)
     table[[_L["background"], _L["table"]]] = SEGMENTER_BACKGROUND

@@ -27,7 +27,6 @@ Every interval resamples subjects.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -38,11 +37,12 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from sparsect.data.cohort import Cohort
-from sparsect.data.followup import ARRAYS, HOSTS_FOLLOWUP
+from sparsect.data.followup import ARRAYS, HOSTS_FOLLOWUP, NEW_KINDS
 from sparsect.data.store import atomic_dir, atomic_write_json, load_array, read_json
 from sparsect.errors import InputError
 from sparsect.evaluation import task
 from sparsect.methods.classical import Classical
+from sparsect.methods.learned import Learned
 from sparsect.methods.loading import learned_methods
 from sparsect.methods.prior import PriorCase, PriorImage
 from sparsect.physics import NoiseModel
@@ -53,9 +53,9 @@ from sparsect.stages.study import ABSENT, PRESENT, lesion_scores
 
 FOLLOWUP_KEY = 28
 """Seed-rule key: ``(28, split, class, realisation, subject, slice)`` for a follow-up scan,
-``(28, split, 2, subject, slice)`` for its baseline; a real pair's ``split`` is
-``(2, scan_key(name))``."""
-SPLIT_KEYS = {"test": 0, "val": 1}
+``(28, split, 2, subject, slice)`` for its baseline; ``split`` is :data:`SPLIT_KEYS`'s,
+a real pair's ``(2, scan_key(name))``."""
+SPLIT_KEYS = {"test": 0, "val": 1, "train": 3}
 PRIOR_KINDS = ("registered", "unregistered", "wrong patient", "true field")
 """How the prior reaches a method: the deployable one, then the controls and the bound."""
 ORGANS = {"liver": ("liver",), "spleen": ("spleen",), "kidney": ("kidney",),
@@ -172,6 +172,28 @@ def register_all(fixed: np.ndarray, moving: np.ndarray, spacing: tuple[float, fl
     return [_register_job(job) for job in jobs]
 
 
+def registered_priors(cfg: DictConfig, pairs: Pairs, scans: Scans, fixed: np.ndarray,
+                      segmenter: Any, workers: int) -> dict[str, Any]:
+    """Registers every baseline to ``fixed`` (``(S, Z, H, W)``, the follow-up's own image)
+    and returns the warped baselines (``prior``), their organ maps (``organs``), the
+    fields and the TRE against the true field."""
+    registration = dict(OmegaConf.to_container(cfg.followup.registration, resolve=True))
+    registration.pop("fixed")
+    found = register_all(fixed, scans.baseline, pairs.spacing, registration, workers)
+    prior = np.stack([warp(b, f, pairs.spacing)
+                      for b, (f, _) in zip(scans.baseline, found, strict=True)])
+    return {"prior": prior, "organs": organ_maps(segmenter, prior),
+            "fields": [f for f, _ in found], "tre_mm": tre([f for f, _ in found], pairs)}
+
+
+def organ_maps(segmenter: Any, images: np.ndarray) -> np.ndarray:
+    """The fixed segmenter's classes of ``(..., H, W)`` HU images, same shape (uint8)."""
+    from sparsect.models.segmenter import segment
+
+    flat = np.asarray(images, np.float32).reshape(-1, *images.shape[-2:])
+    return segment(segmenter, flat).reshape(images.shape)
+
+
 def body_mask(labels: np.ndarray) -> np.ndarray:
     return ~np.isin(labels, (ORGAN_LABELS["background"], ORGAN_LABELS["table"]))
 
@@ -184,16 +206,19 @@ def tre(fields: list[np.ndarray], pairs: Pairs) -> dict[str, float]:
 
 # -- reconstruction ---------------------------------------------------------------------
 
-def _case(scans: Scans, prior: np.ndarray | None, slices: np.ndarray | None) -> PriorCase:
+def _case(scans: Scans, prior: np.ndarray | None, slices: np.ndarray | None,
+          organs: np.ndarray | None = None) -> PriorCase:
     shape = scans.fbp.shape
     keys = np.indices(shape[:4]).reshape(4, -1).T
-    full_prior = None
-    if prior is not None:  # (S, Z, H, W) -> every class and realisation
-        full_prior = np.broadcast_to(prior, shape).reshape(-1, *shape[-2:])
+
+    def each(array: np.ndarray | None) -> np.ndarray | None:
+        # (S, Z, H, W) -> every class and realisation
+        return None if array is None else np.broadcast_to(array, shape).reshape(-1, *shape[-2:])
+
     return PriorCase(scans.fbp.reshape(-1, *shape[-2:]),
                 scans.sinogram.reshape(-1, *scans.sinogram.shape[-2:]), scans.acquisition,
                 index=[(f"{c}/{k}/{s}", int(z)) for c, k, s, z in keys], slices=slices,
-                prior=full_prior)
+                prior=each(prior), prior_organs=each(organs))
 
 
 def tune(cfg: DictConfig, pairs: Pairs, scans: Scans, prior: np.ndarray) -> dict[str, Any]:
@@ -246,6 +271,18 @@ def body_psnr(image: np.ndarray, reference: np.ndarray, mask: np.ndarray,
     return 10 * np.log10((window[1] - window[0]) ** 2 / mse)
 
 
+def subject_psnr(images: np.ndarray, pairs: Pairs, window: tuple[float, float]
+                 ) -> np.ndarray:
+    """Body PSNR per subject (the mean over its slices) of ``(S, Z, H, W)`` lesion-present
+    follow-ups."""
+    reference = pairs.followup_hu + pairs.new_hu
+    s, z = reference.shape[:2]
+    flat = images.reshape(-1, *images.shape[-2:])
+    labels = pairs.followup_labels.reshape(flat.shape)
+    return body_psnr(flat, reference.reshape(flat.shape), body_mask(labels),
+                     window).reshape(s, z).mean(1)
+
+
 def image_scores(images: np.ndarray, pairs: Pairs, window: tuple[float, float]
                  ) -> dict[str, Any]:
     """Body PSNR / SSIM and PSNR per organ of ``(S, Z, H, W)`` lesion-present follow-ups,
@@ -259,7 +296,7 @@ def image_scores(images: np.ndarray, pairs: Pairs, window: tuple[float, float]
     flat = images.reshape(-1, *images.shape[-2:])
     ref = reference.reshape(flat.shape)
     labels = pairs.followup_labels.reshape(flat.shape)
-    psnr = body_psnr(flat, ref, body_mask(labels), window).reshape(s, z).mean(1)
+    psnr = subject_psnr(images, pairs, window)
     ssim = ssim_hu(torch.from_numpy(flat.astype(np.float32)),
                    torch.from_numpy(ref.astype(np.float32)), *window).numpy().reshape(s, z).mean(1)
     subjects = np.arange(s)
@@ -356,17 +393,24 @@ def ghost_footprints(pairs: Pairs) -> list[tuple[dict, np.ndarray, float]]:
     return out
 
 
-def ghost_scores(with_lesion: np.ndarray, without: np.ndarray,
-                 footprints: list[tuple[dict, np.ndarray, float]]) -> dict[str, Any]:
-    """Ghost contrast of the resolved lesions: ``mean_F(x_with - x_without) / contrast_F``
-    on ``(S, Z, H, W)`` reconstructions of the same follow-up data (0: the old lesion left
-    no trace; 1: it was copied in full)."""
+def ghost_values(with_lesion: np.ndarray, without: np.ndarray,
+                 footprints: list[tuple[dict, np.ndarray, float]]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each resolved lesion's ghost contrast (see :func:`ghost_scores`) and its subject."""
     values, subjects = [], []
     for x, footprint, contrast in footprints:
         s, z = x["subject"], x["slice"]
         values.append(float((with_lesion[s, z] - without[s, z])[footprint].mean()) / contrast)
         subjects.append(s)
-    values, subjects = np.asarray(values), np.asarray(subjects)
+    return np.asarray(values, float), np.asarray(subjects, int)
+
+
+def ghost_scores(with_lesion: np.ndarray, without: np.ndarray,
+                 footprints: list[tuple[dict, np.ndarray, float]]) -> dict[str, Any]:
+    """Ghost contrast of the resolved lesions: ``mean_F(x_with - x_without) / contrast_F``
+    on ``(S, Z, H, W)`` reconstructions of the same follow-up data (0: the old lesion left
+    no trace; 1: it was copied in full)."""
+    values, subjects = ghost_values(with_lesion, without, footprints)
     if values.size == 0:
         return {}
     return {"lesions": int(values.size), "ghost_contrast": float(values.mean()),
@@ -382,19 +426,23 @@ def _needed(pairs: Pairs, realisations: int, lesion_study: bool) -> np.ndarray:
     mask = np.zeros((2, realisations, *pairs.followup_hu.shape[:2]), bool)
     mask[PRESENT, 0] = True
     if lesion_study:
-        for x in pairs.kind("new"):
+        for x in pairs.kind(*NEW_KINDS):
             mask[:, :, x["subject"], x["slice"]] = True
     return mask
 
 
-def _methods(cfg: DictConfig, settings: dict, models_dir: Path | None, views: int
-             ) -> tuple[list, dict[str, PriorImage]]:
-    """The methods without a prior, and the prior-image methods by name."""
+def _methods(cfg: DictConfig, settings: dict, models_dir: Path | None,
+             prior_models_dir: Path | None = None) -> tuple[list, dict[str, Any]]:
+    """The methods without a prior, and the methods that read the earlier scan by name
+    (PICCS, the prior itself, and the models of ``prior_models_dir``)."""
     plain: list = [Classical("fbp"), Classical("tv", dict(settings["tv"]))]
     if models_dir is not None and (Path(models_dir) / "summary.json").is_file():
         keep = set(cfg.followup.learned)
         plain.extend(m for m in learned_methods(cfg, models_dir) if m.name in keep)
-    prior = {"piccs": PriorImage("piccs", dict(settings["piccs"])), "prior": PriorImage("prior")}
+    prior: dict[str, Any] = {"piccs": PriorImage("piccs", dict(settings["piccs"])),
+                             "prior": PriorImage("prior")}
+    if prior_models_dir is not None:
+        prior.update((m.name, m) for m in learned_methods(cfg, prior_models_dir))
     return plain, prior
 
 
@@ -420,9 +468,11 @@ def _spread(case_slices: np.ndarray, shape: tuple, images: np.ndarray) -> np.nda
 
 
 def _reconstruct(cfg: DictConfig, pairs: Pairs, scans: Scans, plain: list,
-                 prior_methods: dict[str, PriorImage], fixed_name: str, registration: dict,
-                 workers: int, lesion_kinds: set[str], wrong_patient: bool) -> Reconstructions:
-    """Registers the baselines and runs every method, with every kind of prior."""
+                 prior_methods: dict[str, Any], fixed_name: str, registration: dict,
+                 workers: int, lesion_kinds: set[str], wrong_patient: bool,
+                 segmenter: Any = None) -> Reconstructions:
+    """Registers the baselines and runs every method, with every kind of prior (a learned
+    one with the organ map ``segmenter`` gives each kind's prior)."""
     realisations = scans.fbp.shape[1]
     shape = (*scans.fbp.shape[:4], *scans.fbp.shape[-2:])
     s = pairs.subjects
@@ -459,18 +509,26 @@ def _reconstruct(cfg: DictConfig, pairs: Pairs, scans: Scans, plain: list,
         ghost_mask[PRESENT, 0, x["subject"], x["slice"]] = True
     ghost_rows = np.flatnonzero(ghost_mask.reshape(-1))
     ghost: dict[str, np.ndarray] = {}
+    learned = any(isinstance(m, Learned) for m in prior_methods.values())
+    if learned and segmenter is None:
+        raise InputError("A model that reads the earlier scan needs its organ map: give "
+                         "--segmenter (the segmenter stage's output).")
     for kind in (k for k in PRIOR_KINDS if k in fields):
         mask = _needed(pairs, realisations, kind in lesion_kinds)
         kind_rows = np.flatnonzero(mask.reshape(-1))
         suffix = "" if kind == "registered" else f" ({kind})"
+        organs = organs_without = None
+        if learned:
+            organs = organ_maps(segmenter, priors[kind])
+            organs_without = organ_maps(segmenter, priors_without[kind])
         for method in prior_methods.values():
-            method = dataclasses.replace(method, suffix=suffix)
-            for name, output in method.apply(_case(scans, priors[kind], kind_rows)).items():
-                images[name] = _spread(kind_rows, shape, output.images)
-                extra[name] = {**output.extra, "prior": kind}
-            for name, output in method.apply(_case(scans, priors_without[kind],
-                                                    ghost_rows)).items():
-                ghost[name] = _spread(ghost_rows, shape, output.images)[PRESENT, 0]
+            case = _case(scans, priors[kind], kind_rows, organs)
+            for name, output in method.apply(case).items():
+                images[name + suffix] = _spread(kind_rows, shape, output.images)
+                extra[name + suffix] = {**output.extra, "prior": kind}
+            case = _case(scans, priors_without[kind], ghost_rows, organs_without)
+            for name, output in method.apply(case).items():
+                ghost[name + suffix] = _spread(ghost_rows, shape, output.images)[PRESENT, 0]
     # a method that reads no prior gives the same image either way: measured, not assumed
     for method in plain:
         for name, output in method.apply(_case(scans, None, ghost_rows)).items():
@@ -478,11 +536,12 @@ def _reconstruct(cfg: DictConfig, pairs: Pairs, scans: Scans, plain: list,
     return Reconstructions(images, extra, ghost, priors, tre_by_kind, footprints)
 
 
-def new_lesion_contrast(image: np.ndarray, pairs: Pairs) -> dict[str, Any]:
-    """``|CR - 1|`` of the new lesions from the first realisation's lesion-present and
-    lesion-absent images (``(2, K, S, Z, H, W)``): for a pair too small for the observer."""
+def new_lesion_contrast(image: np.ndarray, pairs: Pairs, kind: str = "new") -> dict[str, Any]:
+    """``|CR - 1|`` of the new lesions (or those of ``kind``) from the first realisation's
+    lesion-present and lesion-absent images (``(2, K, S, Z, H, W)``): for a pair too small
+    for the observer."""
     values = []
-    for x in pairs.kind("new"):
+    for x in pairs.kind(kind):
         s, z = x["subject"], x["slice"]
         truth = pairs.new_hu[s, z]
         inside = np.abs(truth) >= 0.5 * abs(truth[x["row"], x["col"]])
@@ -496,12 +555,10 @@ def new_lesion_contrast(image: np.ndarray, pairs: Pairs) -> dict[str, Any]:
 
 def _scores(cfg: DictConfig, pairs: Pairs, result: Reconstructions, observer: bool
             ) -> dict[str, Any]:
-    """Every method's scores; the observer (``d'``, AUC) only where ``observer``."""
+    """Every method's scores; the observer (``d'``, AUC) only where ``observer``. The new
+    lesions and the lobulated ones (the change no model learned) are scored apart."""
     spec = cfg.followup
     window = (float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max))
-    new = pairs.kind("new")
-    observer_cohort = Cohort(pairs.followup_hu, pairs.followup_labels, pairs.new_hu, new,
-                             pairs.spacing[1], pairs.spacing[0])
     channels = task.laguerre_gauss_channels(int(spec.cohort.roi_px),
                                             float(cfg.study.channel_width_px),
                                             int(cfg.study.channels))
@@ -512,22 +569,26 @@ def _scores(cfg: DictConfig, pairs: Pairs, result: Reconstructions, observer: bo
                      "changed_lesions": changed_scores(present, pairs),
                      "resolved_lesions": ghost_scores(present, result.ghost[name],
                                                       result.footprints)}
-        at = image[:, :, [x["subject"] for x in new], [x["slice"] for x in new]]
-        if not (new and np.isfinite(at).all()):
-            continue
-        if not observer:
-            out[name]["new_lesions"] = {"lesion_contrast_recovery": new_lesion_contrast(
-                image, pairs)}
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            scores = lesion_scores(image, observer_cohort, channels, int(spec.cohort.roi_px))
-        if np.array_equal(at[ABSENT], at[PRESENT]):
-            # the images do not change with the lesion: no observer can see it
-            scores["detectability"].update(
-                d_prime=0.0, d_prime_ci95=[0.0, 0.0], auc=0.5, auc_ci95=[0.5, 0.5],
-                note="lesion-present and lesion-absent images are identical")
-        out[name]["new_lesions"] = scores
+        for key, kind in (("new_lesions", "new"), ("lobulated_lesions", "lobulated")):
+            lesions = pairs.kind(kind)
+            at = image[:, :, [x["subject"] for x in lesions], [x["slice"] for x in lesions]]
+            if not (lesions and np.isfinite(at).all()):
+                continue
+            if not observer:
+                out[name][key] = {"lesion_contrast_recovery": new_lesion_contrast(
+                    image, pairs, kind)}
+                continue
+            cohort = Cohort(pairs.followup_hu, pairs.followup_labels, pairs.new_hu, lesions,
+                            pairs.spacing[1], pairs.spacing[0])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                scores = lesion_scores(image, cohort, channels, int(spec.cohort.roi_px))
+            if np.array_equal(at[ABSENT], at[PRESENT]):
+                # the images do not change with the lesion: no observer can see it
+                scores["detectability"].update(
+                    d_prime=0.0, d_prime_ci95=[0.0, 0.0], auc=0.5, auc_ci95=[0.5, 0.5],
+                    note="lesion-present and lesion-absent images are identical")
+            out[name][key] = scores
     return out
 
 
@@ -573,15 +634,14 @@ def real_pair(cfg: DictConfig, entry: Any) -> tuple[str, Pairs, dict]:
     return entry.subject, Pairs(arrays, pair.lesions, spacing), info
 
 
-def real_pairs_scores(cfg: DictConfig, scans_dir: Path, views: int, settings: dict,
-                      plain: list, prior_methods: dict, fixed_name: str, registration: dict,
-                      workers: int) -> dict[str, Any]:
+def real_pairs_scores(cfg: DictConfig, scans_dir: Path, views: int, plain: list,
+                      prior_methods: dict, fixed_name: str, registration: dict,
+                      workers: int, segmenter: Any = None) -> dict[str, Any]:
     """Every method on the pair of each real scan of ``scans_dir`` but those of
     ``followup.real.exclude`` (a second scan of a patient already there), per scan
     (descriptive: one patient each, no observer)."""
     from sparsect.data.io import find_scans
 
-    del settings
     out: dict[str, Any] = {}
     skip = set(cfg.followup.real.exclude)
     for entry in find_scans(Path(scans_dir)):
@@ -590,7 +650,8 @@ def real_pairs_scores(cfg: DictConfig, scans_dir: Path, views: int, settings: di
         name, pairs, info = real_pair(cfg, entry)
         scans = acquire(cfg, pairs, views, 2, "test", scan=info["key"])
         result = _reconstruct(cfg, pairs, scans, plain, prior_methods, fixed_name, registration,
-                              workers, {"registered", "true field"}, wrong_patient=False)
+                              workers, {"registered", "true field"}, wrong_patient=False,
+                              segmenter=segmenter)
         out[name] = {**_scores(cfg, pairs, result, observer=False),
                      "_pair": {**info, "tre_mm": result.tre}}
     return out
@@ -598,10 +659,12 @@ def real_pairs_scores(cfg: DictConfig, scans_dir: Path, views: int, settings: di
 
 def followup(cfg: DictConfig, cohort_dir: Path, views: int, out_dir: Path,
              models_dir: Path | None = None, images_dir: Path | None = None,
-             scans_dir: Path | None = None) -> dict[str, Any]:
+             scans_dir: Path | None = None, prior_models_dir: Path | None = None,
+             segmenter_dir: Path | None = None) -> dict[str, Any]:
     """Scores every method on the follow-up cohort at ``views`` (and on the pair made from
     each real scan of ``scans_dir``); writes ``metrics.json`` and ``panels.png`` into
-    ``out_dir``."""
+    ``out_dir``. ``prior_models_dir``: a ``followup_train@V`` output, whose models read
+    the registered earlier scan and its organ map (the segmenter of ``segmenter_dir``)."""
     spec = cfg.followup
     realisations = int(spec.realisations)
     if realisations < 2:
@@ -630,9 +693,18 @@ def followup(cfg: DictConfig, cohort_dir: Path, views: int, out_dir: Path,
     # -- the test cohort
     pairs = load_pairs(cohort_dir, "test", spec.get("subjects"))
     scans = acquire(cfg, pairs, views, realisations, "test")
-    plain, prior_methods = _methods(cfg, settings, models_dir, views)
+    plain, prior_methods = _methods(cfg, settings, models_dir, prior_models_dir)
+    segmenter = None
+    if prior_models_dir is not None:
+        from sparsect.models.segmenter import load_segmenter
+
+        if segmenter_dir is None:
+            raise InputError("--prior-models needs --segmenter: the organ map of the earlier "
+                             "scan comes from the segmenter stage's output.")
+        segmenter = load_segmenter(Path(segmenter_dir) / "segmenter.ckpt")
     result = _reconstruct(cfg, pairs, scans, plain, prior_methods, fixed_name, registration,
-                          workers, set(spec.lesion_study_priors), wrong_patient=True)
+                          workers, set(spec.lesion_study_priors), wrong_patient=True,
+                          segmenter=segmenter)
     if images_dir is not None:
         from sparsect.methods.loading import write_images
 
@@ -655,8 +727,8 @@ def followup(cfg: DictConfig, cohort_dir: Path, views: int, out_dir: Path,
         "tuning": settings,
     }
     if scans_dir is not None:
-        out["_real"] = real_pairs_scores(cfg, scans_dir, views, settings, plain, prior_methods,
-                                         fixed_name, registration, workers)
+        out["_real"] = real_pairs_scores(cfg, scans_dir, views, plain, prior_methods,
+                                         fixed_name, registration, workers, segmenter)
     out = json.loads(json.dumps(out, default=float))
     with atomic_dir(Path(out_dir)) as tmp:
         atomic_write_json(tmp / "metrics.json", out)

@@ -25,6 +25,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -157,9 +158,11 @@ def reconstructions(cfg: DictConfig, scans: Scans, cohort: Cohort, models_dir: P
     return images, extra
 
 
-def lesion_scores(image: np.ndarray, cohort: Cohort, channels: np.ndarray, roi: int
-                  ) -> dict[str, object]:
-    """Contrast recovery, CNR and the CHO of one method's ``(2, K, S, Z, H, W)`` images."""
+def lesion_measures(image: np.ndarray, cohort: Cohort, channels: np.ndarray, roi: int
+                    ) -> dict[str, Any]:
+    """Per lesion of one method's ``(2, K, S, Z, H, W)`` images: contrast recovery ``cr``
+    and ``cnr`` (with each lesion's ``subjects``), and the CHO's test scores
+    ``score_p`` / ``score_a`` with their subjects ``groups`` and ``by_host`` summary."""
     realisations = image.shape[1]
     subjects = np.array([lesion["subject"] for lesion in cohort.lesions])
     cr, cnr = [], []
@@ -174,8 +177,18 @@ def lesion_scores(image: np.ndarray, cohort: Cohort, channels: np.ndarray, roi: 
         cr.append(signal / truth[inside].mean())
         spread = np.mean([image[ABSENT, k, s, z][ring].std(ddof=1) for k in range(realisations)])
         cnr.append(abs(signal) / spread)
-    cr, cnr = np.asarray(cr), np.asarray(cnr)
     score_p, score_a, groups, by_host = _observer(image, cohort, channels, roi)
+    return {"cr": np.asarray(cr), "cnr": np.asarray(cnr), "subjects": subjects,
+            "score_p": score_p, "score_a": score_a, "groups": groups, "by_host": by_host}
+
+
+def lesion_scores(image: np.ndarray, cohort: Cohort, channels: np.ndarray, roi: int
+                  ) -> dict[str, object]:
+    """Contrast recovery, CNR and the CHO of one method's ``(2, K, S, Z, H, W)`` images."""
+    m = lesion_measures(image, cohort, channels, roi)
+    cr, cnr, subjects = m["cr"], m["cnr"], m["subjects"]
+    score_p, score_a, groups, by_host = m["score_p"], m["score_a"], m["groups"], m["by_host"]
+
     def ci(values: np.ndarray) -> list[float]:
         return list(task.cluster_bootstrap(lambda rows: np.nanmean(values[rows]), subjects))
 

@@ -64,6 +64,10 @@ TRAINING_KEYS = ("seed", "model", "prior", "variants", "trainer", "evaluate", "d
 HARDWARE_KEYS = ("devices", "strategy", "accelerator", "num_workers")
 
 
+_SCAN_MODELS = ("models that read an earlier scan (prior: scan) train on the follow-up pairs: "
+                "run `sparsect followup-train` (dvc repro followup_train@<views>).")
+
+
 def default_models(cfg: DictConfig) -> tuple[str, ...]:
     """``sweep.models`` if set, else the FBPConvNet baseline ``unet`` and every
     image-domain variant whose prior is ``cfg.prior.variant`` (variants that need the
@@ -75,6 +79,8 @@ def default_models(cfg: DictConfig) -> tuple[str, ...]:
     wanted = str(cfg.prior.variant)
     if wanted not in PRIORS:
         raise InputError(f"prior.variant '{wanted}' is unknown: use one of {', '.join(PRIORS)}.")
+    if wanted == "scan":
+        raise InputError(_SCAN_MODELS)
     return tuple(dict.fromkeys(["unet", *(name for name, v in table.items()
                                           if v.prior == wanted and not v.operator)]))
 
@@ -120,23 +126,29 @@ def datamodule_from_cfg(cfg: DictConfig, prior: str, prepared_dir: Path, sim_dir
                            sinograms=sinograms)
 
 
-def fingerprint(cfg: DictConfig, name: str, views: int) -> str:
-    """Hash of everything that shapes a training run (resuming needs the same)."""
+def fingerprint(cfg: DictConfig, name: str, views: int, keys: tuple[str, ...] = ()) -> str:
+    """Hash of everything that shapes a training run (resuming needs the same); ``keys``:
+    further config sections that shape it (e.g. the follow-up pairs a model learns from)."""
     everything = OmegaConf.to_container(cfg, resolve=True)
-    payload = {key: everything.get(key) for key in TRAINING_KEYS}
+    payload = {key: everything.get(key) for key in (*TRAINING_KEYS, *keys)}
     for key in HARDWARE_KEYS:
         payload["trainer"].pop(key, None)
     payload.update(model_name=name, views=views)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_dir: Path,
-                masks_dir: Path, work_dir: Path) -> tuple[dict[str, Any], bool]:
-    """Trains (or resumes) one model; returns (summary, is_global_zero)."""
+def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path | None,
+                sim_dir: Path | None, masks_dir: Path | None, work_dir: Path,
+                datamodule: pl.LightningDataModule | None = None,
+                fingerprint_keys: tuple[str, ...] = ()) -> tuple[dict[str, Any], bool]:
+    """Trains (or resumes) one model on the stage outputs (or on ``datamodule``, whose
+    data ``fingerprint_keys`` name, without a data-consistency step); returns (summary,
+    is_global_zero)."""
     work = work_dir / name
     state_file = work / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    if state.get("fingerprint") != fingerprint(cfg, name, views):
+    stamp = fingerprint(cfg, name, views, fingerprint_keys)
+    if state.get("fingerprint") != stamp:
         shutil.rmtree(work, ignore_errors=True)  # stale: another config; start afresh
         state = {}
     work.mkdir(parents=True, exist_ok=True)
@@ -146,8 +158,9 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = module_from_cfg(cfg, name, views)
     prior = str(module.hparams.prior)
-    datamodule = datamodule_from_cfg(cfg, prior, prepared_dir, sim_dir, masks_dir,
-                                     sinograms=module.needs_operator)
+    if datamodule is None:
+        datamodule = datamodule_from_cfg(cfg, prior, prepared_dir, sim_dir, masks_dir,
+                                         sinograms=module.needs_operator)
     logger = MLFlowLogger(
         experiment_name=str(cfg.logger.experiment), tracking_uri=tracking_uri(cfg),
         run_name=f"{name}@{views}", run_id=state.get("mlflow_run_id"),
@@ -170,8 +183,7 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
     if trainer.is_global_zero:
         if not resuming:
             logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True), "cfg."))
-        atomic_write_json(state_file, {"fingerprint": fingerprint(cfg, name, views),
-                                       "mlflow_run_id": logger.run_id})
+        atomic_write_json(state_file, {"fingerprint": stamp, "mlflow_run_id": logger.run_id})
     with warnings.catch_warnings():
         # Lightning's notes that say nothing about the user's input: the work folder
         # holds state.json by design (resume), and Lightning calls a torch API that
@@ -182,7 +194,8 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
     if not trainer.is_global_zero:
         return {}, False
     selected = save_portable(Path(checkpoint.best_model_path), work / "selected.ckpt")
-    dc = choose_consistency(cfg, selected, prepared_dir, sim_dir, masks_dir)
+    dc = (None if prepared_dir is None
+          else choose_consistency(cfg, selected, prepared_dir, sim_dir, masks_dir))
     if dc is not None:
         logger.experiment.log_param(logger.run_id, "dc_lambda", dc["lambda"])
         logger.experiment.log_param(logger.run_id, "dc_steps", dc["steps"])
@@ -199,8 +212,8 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path, sim_
         "checkpoint": f"{name}.ckpt",
         **({} if dc is None else {"dc": dc}),
     }
-    atomic_write_json(state_file, {"fingerprint": fingerprint(cfg, name, views),
-                                   "mlflow_run_id": logger.run_id, "summary": summary})
+    atomic_write_json(state_file, {"fingerprint": stamp, "mlflow_run_id": logger.run_id,
+                                   "summary": summary})
     return summary, True
 
 
@@ -260,7 +273,8 @@ def train(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path, o
     models = models or default_models(cfg)
     table = variant_table(cfg)
     for name in models:
-        known_variant(table, name)
+        if known_variant(table, name).prior == "scan":
+            raise InputError(f"Model '{name}': {_SCAN_MODELS}")
     tracking_uri(cfg)  # an unreachable server fails here, before any work
     work = work_dir_for(out_dir)
     summary, is_zero = {}, True
