@@ -401,7 +401,7 @@ def test_reconstruct_with_a_prior_scan_runs_piccs_and_records_the_registration(
 
 
 @pytest.mark.parametrize("case, message", [
-    ("model", "cannot read an earlier scan"),
+    ("model", "cannot read one"),
     ("no prior", "add --prior-scan"),
     ("mr", "does not look like CT"),
     ("short", "covers only"),

@@ -20,7 +20,20 @@ def test_dvc_repro_produces_metrics_for_every_view_and_method(tiny_repo):
     assert set(followup) == {"24"}
     scored = {m for m in followup["24"] if not m.startswith("_")}
     assert {"fbp", "tv", "piccs", "prior", "sg_unet", "piccs (unregistered)",
-            "piccs (wrong patient)", "piccs (true field)"} <= scored
+            "piccs (wrong patient)", "piccs (true field)", "prior_unet",
+            "prior_unet (unregistered)", "prior_unet (wrong patient)",
+            "prior_unet (true field)"} <= scored
+    # the model that reads the earlier scan, trained by followup_train@24 on the training
+    # pairs, beside the methods without a prior: its ghosts measured, its lesions scored
+    trained = json.loads((tiny_repo / "artifacts" / "followup-models" / "24" /
+                          "summary.json").read_text())
+    assert set(trained) == {"prior_unet"} and trained["prior_unet"]["epochs"] >= 1
+    data = json.loads((tiny_repo / "artifacts" / "followup-models" / "24" /
+                       "data.json").read_text())
+    assert data["pairs"]["train"]["realisations"] == 2 and data["fixed"] == "fbp"
+    assert followup["24"]["prior_unet"]["prior"] == "registered"
+    assert "ghost_contrast" in followup["24"]["prior_unet"]["resolved_lesions"]
+    assert "new_lesions" in followup["24"]["prior_unet"]
     assert set(followup["24"]["_real"]) == {"abdomen_dicom", "abdomen_upper_ct"}
     assert (tiny_repo / "reports" / "followup" / "24" / "panels.png").is_file()
     assert "## Follow-up with an earlier full-dose scan" in (
@@ -138,7 +151,11 @@ def test_dvc_status_is_clean_and_mlflow_holds_one_run_per_model(tiny_repo):
 def test_promote_stage_names_a_champion_per_view_count(tiny_repo):
     promotion = json.loads((tiny_repo / "reports" / "promotion.json").read_text())
     names = {d["name"] for d in promotion["decisions"]}
-    assert names == {f"sparsect-parallel-{v}v-{m}" for v in (12, 24) for m in ("unet", "sg_unet")}
+    assert names == {f"sparsect-parallel-{v}v-{m}" for v in (12, 24)
+                     for m in ("unet", "sg_unet")} | {"sparsect-parallel-24v-prior_unet"}
+    # the model that reads an earlier scan is judged on the validation follow-up pairs
+    prior = [d for d in promotion["decisions"] if d["model"] == "prior_unet"]
+    assert prior[0]["selection_set"].startswith("followup-val:")
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
@@ -154,11 +171,11 @@ def test_promote_stage_names_a_champion_per_view_count(tiny_repo):
 
 
 @pytest.mark.slow
-def test_export_stage_exports_each_sg_unet_champion_and_logs_it(tiny_repo):
+def test_export_stage_exports_each_champion_and_logs_it(tiny_repo):
     summary = json.loads((tiny_repo / "reports" / "export.json").read_text())
     assert summary["opset"] == 18 and summary["skipped"] == []
-    assert {(e["views"], e["model"]) for e in summary["exports"]} == {(12, "sg_unet"),
-                                                                       (24, "sg_unet")}
+    assert {(e["views"], e["model"]) for e in summary["exports"]} == {
+        (12, "sg_unet"), (24, "sg_unet"), (24, "prior_unet")}
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
@@ -167,7 +184,10 @@ def test_export_stage_exports_each_sg_unet_champion_and_logs_it(tiny_repo):
         record = json.loads((tiny_repo / entry["folder"] / "export.json").read_text())
         assert record["views"] == entry["views"] and record["source"] == entry["uri"]
         assert record["int8"]["calibration"]["split"] == "val"
-        name = f"sparsect-parallel-{entry['views']}v-sg_unet"
+        if entry["model"] == "prior_unet":  # checked where it reads an earlier scan
+            assert record["parity"]["split"] == "validation follow-up pairs"
+            assert record["inputs"]["prior"]["shape"][1] == 11
+        name = f"sparsect-parallel-{entry['views']}v-{entry['model']}"
         tags = client.get_model_version_by_alias(name, "champion").tags
         assert tags["onnx"].endswith("/onnx/v1")
         assert float(tags["onnx_max_abs_hu"]) == pytest.approx(entry["onnx_max_abs_hu"],
@@ -247,3 +267,23 @@ def test_ablation_trains_each_seed_and_view_count_and_states_the_endpoint(tiny_r
         assert dice["subjects"] == 2 and dice["seeds"] == 2
         assert dice["ci"][0] <= dice["mean"] <= dice["ci"][1]
         assert dice["p_holm"] >= dice["p"]
+
+
+@pytest.mark.slow
+def test_reconstruct_with_a_prior_scan_uses_the_prior_models_champion(tiny_repo):
+    env = tool_env(tiny_repo)
+    out = tiny_repo / "followup_recon.nii.gz"
+    scan = "realct/abdomen_upper_ct.nii.gz"
+    sh("sparsect", "reconstruct", scan, "-o", str(out), "--views", "24", "--prior-scan",
+       "realct/abdomen_ct.nii.gz", cwd=tiny_repo, env=env)
+    sidecar = json.loads((tiny_repo / "followup_recon.prior.json").read_text())
+    # no --model: the champion of followup.model.variants' first, with its organ map
+    assert sidecar["method"] == "prior_unet"
+    assert sidecar["segmenter"].endswith("artifacts/segmenter/segmenter.ckpt")
+    assert len(sidecar["segmenter_sha256"]) == 64
+    assert "rigid" in sidecar["registration"] and sidecar["registration"]["overlap"] > 0.3
+    import nibabel as nib
+    import numpy as np
+
+    image = np.asarray(nib.load(str(out)).dataobj, np.float32)
+    assert image.shape[:2] == (32, 32) and np.isfinite(image).all()

@@ -166,7 +166,8 @@ def _ablation(args: argparse.Namespace) -> object:
 def _promote(args: argparse.Namespace) -> object:
     from sparsect.stages.promote import promote_all
 
-    return promote_all(_cfg(args), args.prepared, args.models, args.evaluations, args.out)
+    return promote_all(_cfg(args), args.prepared, args.models, args.evaluations, args.out,
+                       args.followup_models, args.followup_cohort, args.followup_reports)
 
 
 def _seeds(args: argparse.Namespace) -> object:
@@ -203,11 +204,11 @@ def _export(args: argparse.Namespace) -> object:
             raise InputError("--promotion exports every champion it lists into --out, with "
                              "--summary: drop --model and give --summary.")
         return export_champions(cfg, args.promotion, args.prepared, args.sim, args.out,
-                                args.summary)
+                                args.summary, args.followup, args.segmenter)
     from sparsect.registry import champion_uri
 
     return export(cfg, args.model or champion_uri(cfg, args.views), args.prepared, args.sim,
-                  args.out)
+                  args.out, args.followup, args.segmenter)
 
 
 def _options(pairs: list[str]) -> dict[str, object] | None:
@@ -244,7 +245,7 @@ def _reconstruct(args: argparse.Namespace) -> object:
     written = reconstruct_files(_cfg(args), args.input, args.output, args.model, args.method,
                                 args.views, args.save_reference, args.series, args.dc, prior,
                                 args.runtime, args.export, _options(args.option),
-                                args.prior_scan)
+                                args.prior_scan, args.segmenter)
     if prior is not None and prior.oracle:
         print(f"oracle: the map was made from this scan ({prior.path}), so the reconstruction "
               "is an upper bound, not what a new scan would get.")
@@ -386,8 +387,15 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--segmenter", type=Path, default=None,
                    help="the frozen organ segmenter (the endpoint's downstream Dice)")
 
-    _command(commands, "promote", _promote, "register models and move the champion alias",
-             paths=("prepared", "models", "evaluations", "out"))
+    p = _command(commands, "promote", _promote, "register models and move the champion alias",
+                 paths=("prepared", "models", "evaluations", "out"))
+    p.add_argument("--followup-models", type=Path, default=None,
+                   help="followup_train outputs per view count: the models that read an "
+                        "earlier scan, judged on the validation follow-up pairs")
+    p.add_argument("--followup-cohort", type=Path, default=None,
+                   help="followup_cohort's output (their validation pairs)")
+    p.add_argument("--followup-reports", type=Path, default=None,
+                   help="followup@<views> results per view count (test metrics, recorded)")
 
     p = _command(commands, "export", _export,
                  "a model's network as ONNX (checked against torch) and INT8 (calibrated "
@@ -402,6 +410,11 @@ def _add_stage_commands(commands: argparse._SubParsersAction) -> None:
                         "--out/<views>/<model> (the export stage)")
     p.add_argument("--summary", type=Path, default=None,
                    help="with --promotion: where the figures of every export are written")
+    p.add_argument("--followup", type=Path, default=None,
+                   help="followup_cohort's output: a model that reads an earlier scan is "
+                        "checked and calibrated on its validation pairs (with --segmenter)")
+    p.add_argument("--segmenter", type=Path, default=None,
+                   help="the segmenter stage's output (the earlier scan's organ map)")
 
     _command(commands, "ellipses", _ellipses,
              "dival's ellipses benchmark: FBP, TV, unet and lpd beside the published numbers "
@@ -448,8 +461,13 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
                         "chose on validation, or --option)")
     p.add_argument("--prior-scan", type=Path, default=None, metavar="BASELINE",
                    help="an earlier full-dose CT of the patient (NIfTI, NRRD, MHA, DICOM), "
-                        "registered to this scan; read by --method piccs; the registration "
-                        "is written to <output stem>.prior.json")
+                        "registered to this scan; read by a model that reads an earlier scan "
+                        "(default model with it: the champion of followup.model.variants' "
+                        "first for --views) or by --method piccs; the registration is "
+                        "written to <output stem>.prior.json")
+    p.add_argument("--segmenter", type=Path, default=None,
+                   help="the segmenter stage's output (default: artifacts/segmenter): the "
+                        "organ map of --prior-scan that a model reading it needs")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the classical --method (repeat it), e.g. --option "
                         "weight=0.03 --option iterations=200; replaces the stored settings")

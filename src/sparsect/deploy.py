@@ -23,7 +23,6 @@ The pipeline's ``export`` stage exports the champions of ``reports/promotion.jso
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from importlib.metadata import version as package_version
@@ -39,6 +38,7 @@ from sparsect.errors import InputError
 from sparsect.evaluation.metrics import psnr_hu
 from sparsect.methods.case import Case
 from sparsect.methods.learned import Learned
+from sparsect.methods.prior import PriorCase
 from sparsect.models.module import ReconModule
 from sparsect.models.predict import MIRROR_AVERAGE
 from sparsect.models.runtime import (
@@ -50,6 +50,7 @@ from sparsect.models.runtime import (
     export_onnx,
     input_names,
     output_names,
+    prior_channels,
     quantize_int8,
     weights_digest,
 )
@@ -70,6 +71,17 @@ class Validation:
     fbp: np.ndarray
     index: list
     target: np.ndarray
+    prior: np.ndarray | None = None
+    """The earlier scan registered to each slice, for a model that reads one."""
+    organs: np.ndarray | None = None
+
+    def case(self, acquisition: Acquisition, picks: np.ndarray | None = None) -> PriorCase:
+        """The slices (``picks``, default all) as a case for the model's methods."""
+        rows = np.arange(len(self.fbp)) if picks is None else np.asarray(picks)
+        return PriorCase(self.fbp[rows], None, acquisition,
+                         index=[self.index[i] for i in rows],
+                         prior=None if self.prior is None else self.prior[rows],
+                         prior_organs=None if self.organs is None else self.organs[rows])
 
     @classmethod
     def load(cls, prepared_dir: Path, sim_dir: Path, geometry: Geometry) -> Validation:
@@ -100,7 +112,14 @@ def contract(module: ReconModule) -> dict[str, Any]:
                       "meaning": f"FBP ({acquisition.filter} filter) of the "
                                  "slice, with its axial neighbours as channels"
                                  if module.context > 1 else "FBP of the slice"}}
-    if "prior" in input_names(module):
+    if "prior" in input_names(module) and str(module.hparams.prior) == "scan":
+        inputs["prior"] = {"shape": ["batch", prior_channels(module), size, size],
+                           "dtype": "float32",
+                           "units": f"channel 0: HU / {module.hparams.hu_scale}; then one-hot",
+                           "meaning": "the earlier scan registered to the slice, then its "
+                                      "organ map (the segmenter's classes): "
+                                      "sparsect.priors.organs.scan_prior"}
+    elif "prior" in input_names(module):
         inputs["prior"] = {"shape": ["batch", classes, size, size], "dtype": "float32",
                            "units": "one-hot", "meaning": "HU-threshold tissue classes of the "
                                                           "FBP (sparsect.priors.masks)"}
@@ -134,15 +153,44 @@ def network_inputs(module: ReconModule, case: Case) -> list[dict]:
     return recorder.feeds
 
 
+def followup_validation(cfg: DictConfig, module: ReconModule, followup_dir: Path | None,
+                        segmenter_dir: Path | None) -> Validation:
+    """For a model that reads an earlier scan: the validation follow-up pairs at the
+    model's view count, acquired and registered as ``followup@V`` does, with the
+    segmenter's organ maps (``prior`` and ``organs`` of the returned validation)."""
+    from sparsect.settings import workers_from_cfg
+    from sparsect.stages.followup import PRESENT, acquire, load_pairs, registered_priors
+
+    name = module.hparams.get("variant") or "this model"
+    if followup_dir is None or segmenter_dir is None:
+        raise InputError(f"Model '{name}' reads an earlier scan: its export is checked on the "
+                         "validation follow-up pairs; give --followup (followup_cohort's "
+                         "output) and --segmenter.")
+    views = int(Acquisition.of_module(module).geometry.views)
+    pairs = load_pairs(followup_dir, "val")
+    scans = acquire(cfg, pairs, views, 1, "val")
+    fixed = scans.fbp[PRESENT, 0]
+    priors = registered_priors(cfg, pairs, scans, fixed, Path(segmenter_dir) / "segmenter.ckpt",
+                               workers_from_cfg(cfg))
+    shape = (-1, *fixed.shape[-2:])
+    s, z = fixed.shape[:2]
+    return Validation(fixed.reshape(shape), [(f"pair_{i}", j) for i in range(s) for j in range(z)],
+                      (pairs.followup_hu + pairs.new_hu).reshape(shape),
+                      priors["prior"].reshape(shape), priors["organs"].reshape(shape))
+
+
 def _psnr(images: np.ndarray, target: np.ndarray, cfg: DictConfig) -> np.ndarray:
     return psnr_hu(torch.from_numpy(np.asarray(images, np.float32)), torch.from_numpy(target),
                    float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max)).numpy()
 
 
 def export_model(cfg: DictConfig, module: ReconModule, prepared_dir: Path, sim_root: Path,
-                 out_dir: Path, source: str) -> dict[str, Any]:
+                 out_dir: Path, source: str, followup_dir: Path | None = None,
+                 segmenter_dir: Path | None = None) -> dict[str, Any]:
     """Exports ``module`` (read from ``source``) into ``out_dir`` (see the module
-    docstring); returns the contents of its ``export.json``.
+    docstring); returns the contents of its ``export.json``. A model that reads an
+    earlier scan is checked and calibrated on the validation follow-up pairs
+    (:func:`followup_validation`), the others on the validation split.
 
     Raises:
         InputError: a model that cannot be exported, missing validation data, or a
@@ -154,11 +202,14 @@ def export_model(cfg: DictConfig, module: ReconModule, prepared_dir: Path, sim_r
     module = module.cpu().eval()
     acquisition = Acquisition.of_module(module)
     geometry = acquisition.geometry
-    val = Validation.load(prepared_dir, Path(sim_root) / str(geometry.views), geometry)
+    if str(module.hparams.prior) == "scan":
+        val = followup_validation(cfg, module, followup_dir, segmenter_dir)
+    else:
+        val = Validation.load(prepared_dir, Path(sim_root) / str(geometry.views), geometry)
     name = module.hparams.get("variant") or "model"
     with atomic_dir(Path(out_dir)) as tmp:
         float_path = export_onnx(module, tmp / FILES["onnx"], int(settings.opset))
-        case = Case(val.fbp, None, acquisition, index=val.index)
+        case = val.case(acquisition)
         reference = Learned(name, module).reconstruct(case)
         exported = Learned(name, OnnxModule(module, float_path)).reconstruct(case)
         max_abs = float(np.abs(exported - reference).max())
@@ -171,8 +222,7 @@ def export_model(cfg: DictConfig, module: ReconModule, prepared_dir: Path, sim_r
         picks = np.unique(np.linspace(0, len(val.fbp) - 1,
                                       min(int(int8.calibration_slices), len(val.fbp))).round()
                           .astype(int))
-        feeds = network_inputs(module, dataclasses.replace(
-            case, fbp=val.fbp[picks], index=[val.index[i] for i in picks]))
+        feeds = network_inputs(module, val.case(acquisition, picks))
         kept = quantize_int8(float_path, tmp / FILES["onnx-int8"], feeds,
                              str(int8.calibration), tuple(INT8_OPS), bool(int8.reduce_range))
         quantized = Learned(name, OnnxModule(module, tmp / FILES["onnx-int8"], "onnx-int8")
@@ -183,7 +233,8 @@ def export_model(cfg: DictConfig, module: ReconModule, prepared_dir: Path, sim_r
             "model": name, "source": source, "weights_sha256": weights_digest(module),
             "format": "onnx", "opset": int(settings.opset), "files": FILES,
             **contract(module),
-            "parity": {"split": "val", "slices": len(val.fbp), "max_abs_hu": max_abs,
+            "parity": {"split": "val" if val.prior is None else "validation follow-up pairs",
+                       "slices": len(val.fbp), "max_abs_hu": max_abs,
                        "limit_hu": limit, "against": "torch, through predict()"},
             "int8": {
                 "format": "QDQ: per-channel int8 weights"
@@ -242,12 +293,14 @@ def log_export(cfg: DictConfig, uri: str, folder: Path, record: dict[str, Any]) 
 
 
 def export(cfg: DictConfig, uri: str, prepared_dir: Path, sim_root: Path,
-           out_dir: Path) -> dict[str, Any]:
+           out_dir: Path, followup_dir: Path | None = None,
+           segmenter_dir: Path | None = None) -> dict[str, Any]:
     """``sparsect export --model URI``: export, then register when ``uri`` is a registry
     version."""
 
     module = resolve_model_uri(cfg, uri)
-    record = export_model(cfg, module, prepared_dir, sim_root, out_dir, uri)
+    record = export_model(cfg, module, prepared_dir, sim_root, out_dir, uri, followup_dir,
+                          segmenter_dir)
     if uri.startswith("models:/"):
         record["registered"] = log_export(cfg, uri, Path(out_dir), record)
         print(f"[export] logged to {record['registered']} and tagged on {uri}")
@@ -255,7 +308,8 @@ def export(cfg: DictConfig, uri: str, prepared_dir: Path, sim_root: Path,
 
 
 def export_champions(cfg: DictConfig, promotion: Path, prepared_dir: Path, sim_root: Path,
-                     out_root: Path, summary_path: Path) -> dict[str, Any]:
+                     out_root: Path, summary_path: Path, followup_dir: Path | None = None,
+                     segmenter_dir: Path | None = None) -> dict[str, Any]:
     """The ``export`` stage: every champion of ``promotion`` (``sparsect promote``'s
     output) exported into ``out_root/<views>/<model>/`` and logged to its version; the
     figures of all of them in ``summary_path``."""
@@ -277,7 +331,8 @@ def export_champions(cfg: DictConfig, promotion: Path, prepared_dir: Path, sim_r
                                            "its network (operator: true): torch only"})
                 continue
             folder = tmp / str(decision["views"]) / decision["model"]
-            record = export(cfg, uri, prepared_dir, sim_root, folder)
+            record = export(cfg, uri, prepared_dir, sim_root, folder, followup_dir,
+                            segmenter_dir)
             summary["exports"].append({
                 **entry, "folder": str(Path(out_root) / folder.relative_to(tmp)),
                 "onnx_max_abs_hu": record["parity"]["max_abs_hu"],

@@ -63,6 +63,7 @@ from sparsect.physics.measured import read_sinogram
 from sparsect.priors.labels import label_table
 from sparsect.priors.register import register_label_map
 from sparsect.settings import workers_from_cfg
+from sparsect.tracking import sha256_file
 
 METHODS = ("model", *CLASSICAL, "piccs")
 """What ``sparsect reconstruct --method`` runs: the model, a classical method, or PICCS
@@ -146,19 +147,26 @@ class Reconstructor:
         return self.acquisition.geometry
 
     @property
+    def reads_scan(self) -> bool:
+        """Whether the method applied is a model that reads an earlier scan."""
+        return self.method == "model" and str(self.module.hparams.get("prior")) == "scan"
+
+    @property
     def hu_clip(self) -> tuple[float, float] | None:
         return self.acquisition.hu_clip
 
     def from_sinograms(self, sinograms: np.ndarray, images: np.ndarray | None = None,
                        prior_classes: np.ndarray | None = None,
-                       prior_scan: np.ndarray | None = None) -> np.ndarray:
+                       prior_scan: np.ndarray | None = None,
+                       prior_organs: np.ndarray | None = None) -> np.ndarray:
         """``(N, views, detectors)`` -> ``(N, H, W)`` HU; ``images``: their FBP with the
         acquisition's filter when already made; ``prior_classes``: ``(N, H, W)`` tissue
         classes for a model that reads external ones (``PriorMap``); ``prior_scan``:
-        ``(N, H, W)`` HU, an earlier scan registered to these slices (PICCS)."""
+        ``(N, H, W)`` HU, an earlier scan registered to these slices (PICCS, and a model
+        that reads it with its organ classes ``prior_organs``)."""
         images = self.acquisition.fbp(sinograms) if images is None else images
         case = PriorCase(images, sinograms, self.acquisition, full_dose_classes=prior_classes,
-                         prior=prior_scan)
+                         prior=prior_scan, prior_organs=prior_organs)
         return self.applied.apply(case)[self.output].images
 
     def simulate(self, hu_slices: np.ndarray, name: str) -> np.ndarray:
@@ -169,6 +177,9 @@ class Reconstructor:
 
 
 _EXAMPLE_OPTIONS = {"fbp": "filter=hann", "tv": "weight=0.03 --option iterations=100"}
+DEFAULT_SEGMENTER = Path("artifacts/segmenter")
+"""Where the pipeline's ``segmenter`` stage writes (dvc.yaml): the organ map of an earlier
+scan, unless ``--segmenter`` names another."""
 
 
 def _check_prior(module, method: str, prior: PriorMap | None) -> PriorMap | None:
@@ -195,10 +206,12 @@ def _check_prior(module, method: str, prior: PriorMap | None) -> PriorMap | None
 @dataclass(frozen=True)
 class PriorScan:
     """The ``--prior-scan`` of ``sparsect reconstruct``: an earlier full-dose CT of the
-    patient, and the registration settings (``followup.registration``)."""
+    patient, the registration settings (``followup.registration``), and the segmenter
+    checkpoint whose classes are its organ map (for a model that reads it)."""
 
     path: Path
     registration: dict
+    segmenter: Path | None = None
 
 
 def _with_prior_scan(recon: Reconstructor, prior_scan: PriorScan, sinograms: np.ndarray,
@@ -213,12 +226,24 @@ def _with_prior_scan(recon: Reconstructor, prior_scan: PriorScan, sinograms: np.
     images = recon.acquisition.fbp(sinograms)
     prior, record = register_prior_scan(images, baseline, spacing, prior_scan.registration,
                                         prior_scan.path)
-    volume = recon.from_sinograms(sinograms, images, prior_scan=prior)
+    organs, extra = None, {}
+    if recon.reads_scan:
+        from sparsect.models.segmenter import segment
+
+        segmenter = prior_scan.segmenter
+        if segmenter is None or not Path(segmenter).is_file():
+            raise InputError(f"Model '{recon.output}' reads the earlier scan's organ map, made "
+                             f"by the segmenter, and '{segmenter}' is missing: give --segmenter "
+                             "(the segmenter stage's output) or run `dvc repro segmenter`.")
+        organs = segment(segmenter, prior)
+        extra = {"segmenter": str(Path(segmenter).resolve()),
+                 "segmenter_sha256": sha256_file(Path(segmenter))}
+    volume = recon.from_sinograms(sinograms, images, prior_scan=prior, prior_organs=organs)
     check_output_name(output)
+    settings = recon.applied.settings if isinstance(recon.applied, PriorImage) else {}
     atomic_write_json(prior_sidecar(output), {
         "prior_scan": str(Path(prior_scan.path).resolve()), "method": recon.output,
-        "settings": recon.applied.settings, "prior_slice_mm": own_mm,
-        "registration": record})
+        "settings": settings, "prior_slice_mm": own_mm, "registration": record, **extra})
     return volume
 
 
@@ -284,15 +309,21 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
         options: dict[str, Any] | None = None, series: str | None = None,
         data_consistency: bool = False, prior: PriorMap | None = None, seed: int = 0,
         workers: int = 1, prior_scan: PriorScan | None = None) -> list[Path]:
-    if prior_scan is not None and method != "piccs":
-        reader = "a model" if method == "model" else f"--method {method}"
-        raise InputError(f"--prior-scan is read by --method piccs, and {reader} cannot read an "
-                         "earlier scan: add --method piccs or drop --prior-scan.")
+    reads_scan = method == "model" and str(module.hparams.get("prior")) == "scan"
+    name = module.hparams.get("variant") or "this model"
+    if prior_scan is not None and method != "piccs" and not reads_scan:
+        reader = f"model '{name}'" if method == "model" else f"--method {method}"
+        raise InputError(f"--prior-scan is read by --method piccs or a model that reads an "
+                         f"earlier scan (prior: scan), and {reader} cannot read one: add "
+                         "--method piccs, pick such a model, or drop --prior-scan.")
+    if reads_scan and prior_scan is None:
+        raise InputError(f"Model '{name}' reads an earlier scan of the patient: add "
+                         "--prior-scan BASELINE.")
     if method == "piccs" and prior_scan is None:
         raise InputError("--method piccs reconstructs with an earlier scan of the patient: "
                          "add --prior-scan BASELINE.")
     if prior_scan is not None and prior is not None:
-        raise InputError("PICCS reads the earlier scan's image, not an organ map: drop --prior.")
+        raise InputError("--prior-scan brings its own organ map (the segmenter's): drop --prior.")
     recon = Reconstructor(module, method, views, device=device, options=options,
                           data_consistency=data_consistency, prior=prior, seed=seed,
                           workers=workers)
@@ -324,7 +355,8 @@ def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str |
                       prior: PriorMap | None = None, runtime: str = "torch",
                       export_dir: Path | None = None,
                       options: dict[str, Any] | None = None,
-                      prior_scan: Path | None = None) -> list[Path]:
+                      prior_scan: Path | None = None,
+                      segmenter: Path | None = None) -> list[Path]:
     """``sparsect reconstruct``: ``model_uri`` (default: the ``sg_unet`` champion for
     ``views``) applied to ``input_path`` (``series``: the DICOM series to take from a
     folder holding several), with the settings of ``cfg``; ``data_consistency``: the
@@ -332,10 +364,15 @@ def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str |
     map an oracle-prior model reads; ``runtime``: what runs the network (torch, or the
     ONNX graph of :mod:`sparsect.deploy`'s export in ``export_dir``, by default the one
     logged to the registry version); ``options``: a classical method's settings, by default
-    the tuned ones the registry version records."""
+    the tuned ones the registry version records. With ``prior_scan`` and neither a model
+    nor a method, the model is the champion of the first of ``followup.model.variants``
+    (a model that reads the earlier scan; its organ map from ``segmenter``, by default
+    the pipeline's)."""
     from sparsect.deploy import runtime_module
     from sparsect.registry import champion_uri, registered_baselines, resolve_model_uri
 
+    if model_uri is None and prior_scan is not None and method == "model":
+        model_uri = champion_uri(cfg, views, str(cfg.followup.model.variants[0]))
     uri = model_uri or champion_uri(cfg, views)
     module = resolve_model_uri(cfg, uri)
     if method == "model":
@@ -349,7 +386,8 @@ def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str |
         from omegaconf import OmegaConf
 
         scan = PriorScan(Path(prior_scan), dict(OmegaConf.to_container(
-            cfg.followup.registration, resolve=True)))
+            cfg.followup.registration, resolve=True)),
+            Path(segmenter or DEFAULT_SEGMENTER) / "segmenter.ckpt")
     return run(input_path, output, module, method, views, save_reference,
                str(cfg.physics.device), options, series, data_consistency, prior,
                int(cfg.seed), workers_from_cfg(cfg), scan)

@@ -12,8 +12,11 @@ The graph's contract, the same for every exported model:
 - input ``fbp``: ``(batch, context, H, W)`` float32 FBP slices in **HU** (the slice
   and its axial neighbours as channels for a 2.5D model; ``H, W`` the model's grid);
   ``batch`` is dynamic;
-- input ``prior`` (threshold-prior models only): ``(batch, classes, H, W)`` one-hot
-  tissue classes of the FBP;
+- input ``prior`` (threshold-prior models): ``(batch, classes, H, W)`` one-hot
+  tissue classes of the FBP; (models that read an earlier scan, ``prior: scan``):
+  ``(batch, 1 + organ classes, H, W)``, the earlier scan registered to the slice in
+  network units (``HU / hu_scale``) and its organ map one-hot
+  (:func:`sparsect.priors.organs.scan_prior`);
 - output ``recon``: ``(batch, 1, H, W)`` float32 in HU; output ``probs`` (models that
   predict their prior): ``(batch, classes, H, W)`` tissue-class probabilities.
 
@@ -80,7 +83,17 @@ def check_exportable(module: ReconModule) -> None:
 
 
 def input_names(module: ReconModule) -> list[str]:
-    return ["fbp", "prior"] if str(module.hparams.prior) == "threshold" else ["fbp"]
+    return ["fbp", "prior"] if str(module.hparams.prior) in ("threshold", "scan") else ["fbp"]
+
+
+def prior_channels(module: ReconModule) -> int:
+    """Channels of the graph's ``prior`` input: tissue classes, or the earlier scan and
+    its organ classes."""
+    if str(module.hparams.prior) == "scan":
+        from sparsect.priors.organs import ORGAN_CLASSES
+
+        return 1 + ORGAN_CLASSES
+    return int(module.hparams.num_classes)
 
 
 def output_names(module: ReconModule) -> list[str]:
@@ -107,8 +120,11 @@ def example_inputs(module: ReconModule, batch: int = 2) -> tuple[torch.Tensor, .
     fbp[..., size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 40.0
     if "prior" not in input_names(module):
         return (fbp,)
-    prior = torch.zeros(batch, int(module.hparams.num_classes), size, size)
+    prior = torch.zeros(batch, prior_channels(module), size, size)
     prior[:, 0] = 1.0
+    if str(module.hparams.prior) == "scan":  # the earlier scan as water, all "body"
+        prior[:, 0] = 0.04
+        prior[:, 2] = 1.0
     return fbp, prior
 
 
