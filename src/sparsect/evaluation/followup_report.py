@@ -31,7 +31,10 @@ def followup_markdown(per_view: dict[str, dict]) -> list[str]:
              "controls; `(true field)`: the prior warped with the true deformation, an upper "
              "bound. Ghost contrast: what a resolved lesion of the baseline leaves in the "
              "follow-up image (0 none, 1 all); change hidden: the share of a grown or shrunk "
-             "lesion's size change the image does not show (0 none, 1 all)."]
+             "lesion's size change the image does not show (0 none, 1 all). Lobulated: new "
+             "lesions of another shape (3 to 5 overlapping spheres), in the test cohort "
+             "only: a change no model learned from, scored apart. `prior_unet`: the "
+             "learned model that reads the registered earlier scan and its organ map."]
     for views, metrics in sorted(per_view.items(), key=lambda item: int(item[0])):
         info = metrics.get("_followup", {})
         lesions = info.get("lesions", {})
@@ -40,8 +43,9 @@ def followup_markdown(per_view: dict[str, dict]) -> list[str]:
                   f"{info.get('realisations')} noise realisations (observer: "
                   f"{info.get('observer', {}).get('test')} scored).", "",
                   "| method | body PSNR (dB) | SSIM | new: \\|CR-1\\| | new: d' | new: AUC | "
+                  "lobulated: \\|CR-1\\| | lobulated: d' | "
                   "grown/shrunk: \\|diameter error\\| (mm) | change hidden | ghost contrast |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name in sorted(k for k in metrics if not k.startswith("_")):
             m = metrics[name]
             new = m.get("new_lesions", {})
@@ -49,11 +53,15 @@ def followup_markdown(per_view: dict[str, dict]) -> list[str]:
             det = new.get("detectability", {})
             changed = m.get("changed_lesions", {})
             ghost = m.get("resolved_lesions", {})
+            lobulated = m.get("lobulated_lesions", {})
+            lob_cr = lobulated.get("lesion_contrast_recovery", {})
+            lob_det = lobulated.get("detectability", {})
             lines.append(
                 f"| {name} | {_ci(m.get('body_psnr'), m.get('body_psnr_ci95'), 2)} | "
                 f"{_num(m.get('body_ssim'), 3)} | {_num(cr.get('abs_cr_minus_1'), 2)} | "
                 f"{_ci(det.get('d_prime'), det.get('d_prime_ci95'), 2)} | "
-                f"{_num(det.get('auc'), 2)} | "
+                f"{_num(det.get('auc'), 2)} | {_num(lob_cr.get('abs_cr_minus_1'), 2)} | "
+                f"{_num(lob_det.get('d_prime'), 2)} | "
                 f"{_num(changed.get('abs_diameter_error_mm'), 1)} | "
                 f"{_num(changed.get('change_hidden'), 2)} | "
                 f"{_ci(ghost.get('ghost_contrast'), ghost.get('ci95'), 2)} |")

@@ -470,9 +470,10 @@ def _spread(case_slices: np.ndarray, shape: tuple, images: np.ndarray) -> np.nda
 def _reconstruct(cfg: DictConfig, pairs: Pairs, scans: Scans, plain: list,
                  prior_methods: dict[str, Any], fixed_name: str, registration: dict,
                  workers: int, lesion_kinds: set[str], wrong_patient: bool,
-                 segmenter: Any = None) -> Reconstructions:
-    """Registers the baselines and runs every method, with every kind of prior (a learned
-    one with the organ map ``segmenter`` gives each kind's prior)."""
+                 segmenter: Any = None, kinds: tuple[str, ...] = PRIOR_KINDS
+                 ) -> Reconstructions:
+    """Registers the baselines and runs every method, with every kind of prior of
+    ``kinds`` (a learned one with the organ map ``segmenter`` gives each kind's prior)."""
     realisations = scans.fbp.shape[1]
     shape = (*scans.fbp.shape[:4], *scans.fbp.shape[-2:])
     s = pairs.subjects
@@ -513,7 +514,7 @@ def _reconstruct(cfg: DictConfig, pairs: Pairs, scans: Scans, plain: list,
     if learned and segmenter is None:
         raise InputError("A model that reads the earlier scan needs its organ map: give "
                          "--segmenter (the segmenter stage's output).")
-    for kind in (k for k in PRIOR_KINDS if k in fields):
+    for kind in (k for k in PRIOR_KINDS if k in fields and k in kinds):
         mask = _needed(pairs, realisations, kind in lesion_kinds)
         kind_rows = np.flatnonzero(mask.reshape(-1))
         suffix = "" if kind == "registered" else f" ({kind})"
@@ -740,7 +741,7 @@ def _panels(path: Path, pairs: Pairs, images: dict[str, np.ndarray], warped_trut
             scans: Scans, views: int) -> None:
     """Per subject (the first two with a new or resolved lesion): the follow-up reference,
     the true change since the baseline, FBP, TV, PICCS, PICCS's prior influence (PICCS -
-    TV), and the first learned model, on a soft-tissue window."""
+    TV), and the first two learned models, on a soft-tissue window."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -751,8 +752,9 @@ def _panels(path: Path, pairs: Pairs, images: dict[str, np.ndarray], warped_trut
     for x in pairs.kind("new", "resolved"):
         if (x["subject"], x["slice"]) not in picks and len(picks) < 2:
             picks.append((x["subject"], x["slice"]))
+    # the first learned model without a prior and the first that reads it
     learned = [n for n in images if n not in ("fbp", "tv", "piccs", "prior")
-               and "(" not in n][:1]
+               and "(" not in n and not n.endswith("+dc")][:2]
     columns = ["reference", "true change", "fbp", "tv", "piccs", "piccs - tv", *learned]
     fig, axes = plt.subplots(len(picks), len(columns), figsize=(2.2 * len(columns),
                                                                 2.4 * len(picks)), squeeze=False)

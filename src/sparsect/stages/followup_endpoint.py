@@ -15,6 +15,12 @@ pipeline's own checkpoint stands for the seed it was trained at):
   percentiles; a criterion is *met*, *failed* or *not shown* (:func:`decide`).
 
 The lobulated lesions (no training pair holds one) are scored apart, per seed.
+
+A control beside the endpoint (reported as secondary, added after it was fixed): the
+comparator's variant trained on the same follow-up training pairs as the model, without
+the earlier scan (``<comparator> on pairs``). The model's gain over it is what the
+earlier scan adds; its gain over the comparator also holds what training on pairs of the
+cohort's own kind adds.
 """
 
 from __future__ import annotations
@@ -118,9 +124,9 @@ def d_prime_bootstrap(model: list[dict], comparator: list[dict], subjects: int,
 
 def _checkpoints(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path, prepared_dir: Path,
                  sim_dir: Path, masks_dir: Path, models_dir: Path | None, work_dir: Path
-                 ) -> tuple[dict[int, Path], dict[int, Path]]:
-    """The model's and the comparator's checkpoint per seed, trained where missing (an
-    interrupted run resumes: finished trainings are kept in ``work_dir``)."""
+                 ) -> tuple[dict[int, Path], dict[int, Path], dict[int, Path]]:
+    """The model's, the comparator's and the control's checkpoint per seed, trained where
+    missing (an interrupted run resumes: finished trainings are kept in ``work_dir``)."""
     from sparsect.stages.followup_train import followup_train
     from sparsect.stages.train import train
 
@@ -132,6 +138,12 @@ def _checkpoints(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path, prepare
                        [str(spec.model)])
     every = read_json(prior_dir / "seeds.json")
     model = {int(info["seed"]): prior_dir / info["checkpoint"] for info in every.values()}
+    control_dir = Path(work_dir) / "control"
+    if not (control_dir / "seeds.json").is_file():
+        followup_train(cfg, cohort_dir, segmenter_dir, views, control_dir, seeds,
+                       [str(spec.comparator)])
+    every = read_json(control_dir / "seeds.json")
+    control = {int(info["seed"]): control_dir / info["checkpoint"] for info in every.values()}
     comparator: dict[int, Path] = {}
     name = str(spec.comparator)
     for seed in seeds:
@@ -144,7 +156,7 @@ def _checkpoints(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path, prepare
             train(OmegaConf.merge(cfg, {"seed": seed}), prepared_dir, sim_dir, masks_dir, folder,
                   views, (name,))
         comparator[seed] = folder / f"{name}.ckpt"
-    return model, comparator
+    return model, comparator, control
 
 
 def followup_endpoint(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path,
@@ -160,13 +172,15 @@ def followup_endpoint(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path,
     if int(cfg.geometry.views) != views and str(Path(sim_dir).name) != str(views):
         raise InputError(f"--sim must hold the simulation at {views} views "
                          "(followup.endpoint.views).")
-    model_ckpt, comparator_ckpt = _checkpoints(cfg, cohort_dir, segmenter_dir, prepared_dir,
-                                               sim_dir, masks_dir, models_dir, work_dir)
+    model_ckpt, comparator_ckpt, control_ckpt = _checkpoints(
+        cfg, cohort_dir, segmenter_dir, prepared_dir, sim_dir, masks_dir, models_dir, work_dir)
     pairs = load_pairs(cohort_dir, "test")
     realisations = int(cfg.followup.realisations)
     scans = acquire(cfg, pairs, views, realisations, "test")
-    names = {"model": str(spec.model), "comparator": str(spec.comparator)}
-    plain = [Learned(f"{names['comparator']} seed{s}", load_module(comparator_ckpt[s]))
+    names = {"model": str(spec.model), "comparator": str(spec.comparator),
+             "control": f"{spec.comparator} on pairs"}
+    plain = [Learned(f"{names[role]} seed{s}", load_module(paths[s]))
+             for role, paths in (("comparator", comparator_ckpt), ("control", control_ckpt))
              for s in seeds]
     prior = {f"{names['model']} seed{s}": Learned(f"{names['model']} seed{s}",
                                                   load_module(model_ckpt[s])) for s in seeds}
@@ -176,7 +190,7 @@ def followup_endpoint(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path,
     segmenter = load_segmenter(Path(segmenter_dir) / "segmenter.ckpt")
     result = _reconstruct(cfg, pairs, scans, plain, prior, fixed, registration,
                           workers_from_cfg(cfg), {"registered"}, wrong_patient=False,
-                          segmenter=segmenter)
+                          segmenter=segmenter, kinds=("registered",))
     window = (float(cfg.evaluate.hu_min), float(cfg.evaluate.hu_max))
     channels = task.laguerre_gauss_channels(int(cfg.followup.cohort.roi_px),
                                             float(cfg.study.channel_width_px),
@@ -199,10 +213,10 @@ def followup_endpoint(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path,
             per[role]["observer"].append(measures)
     resamples = int(spec.resamples)
 
-    def table(key: str, role: str | None = None) -> np.ndarray:
+    def table(key: str, role: str | None = None, against: str = "comparator") -> np.ndarray:
         if role is not None:
             return np.stack(per[role][key], axis=1)
-        return np.stack(per["model"][key], axis=1) - np.stack(per["comparator"][key], axis=1)
+        return np.stack(per["model"][key], axis=1) - np.stack(per[against][key], axis=1)
 
     criteria = {
         "efficacy": {**_table_bootstrap(table("psnr"), resamples), "unit": "dB",
@@ -226,18 +240,33 @@ def followup_endpoint(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path,
         entry["outcome"] = decide(entry["ci95"], entry["margin"], entry["side"],
                                   width_rule=not efficacy, strict=efficacy)
         entry["width"] = float(entry["ci95"][1] - entry["ci95"][0])
+    control = {
+        "efficacy": {**_table_bootstrap(table("psnr", against="control"), resamples),
+                     "measure": "body PSNR, model - comparator trained on the pairs"},
+        "d_prime": {**d_prime_bootstrap(per["model"]["observer"], per["control"]["observer"],
+                                        s_count, resamples),
+                    "measure": "new lesions' d', model - comparator trained on the pairs"},
+        "abs_cr_minus_1": {**_table_bootstrap(table("cr", against="control"), resamples),
+                           "measure": "new lesions' |CR - 1|, model - comparator trained on "
+                                      "the pairs"},
+        "comparator_on_pairs_minus_comparator_psnr": _table_bootstrap(
+            np.stack(per["control"]["psnr"], axis=1) - np.stack(per["comparator"]["psnr"],
+                                                                axis=1), resamples),
+    }
     scores = _scores(cfg, pairs, result, observer=True)
     out = {
         "endpoint": criteria,
+        "control": control,
         "settings": {**OmegaConf.to_container(spec, resolve=True), "subjects": s_count,
                      "realisations": realisations, "fixed": fixed,
                      "new_lesions": len(pairs.kind("new")),
                      "lobulated_lesions": len(pairs.kind("lobulated")),
                      "resolved_lesions": len(result.footprints),
                      "test_tre_mm": result.tre,
-                     "checkpoints": {"model": {s: str(p) for s, p in model_ckpt.items()},
-                                     "comparator": {s: str(p)
-                                                    for s, p in comparator_ckpt.items()}}},
+                     "checkpoints": {role: {s: str(p) for s, p in paths.items()}
+                                     for role, paths in (("model", model_ckpt),
+                                                         ("comparator", comparator_ckpt),
+                                                         ("control", control_ckpt))}},
         "scores": scores,
     }
     out = json.loads(json.dumps(out, default=float))

@@ -65,14 +65,23 @@ def training_slices(pairs: Pairs, scans: Scans, priors: dict[str, Any], context:
             "prior_scan": each(priors["prior"]), "prior_organs": each(priors["organs"])}
 
 
+TRAINABLE_PRIORS = ("scan", "none", "predicted")
+"""Priors a variant trained on the pairs may have: the earlier scan, or (a control: the
+same pairs without it) none or its own predicted classes."""
+
+
 def prior_variants(cfg: DictConfig, names: list[str] | None = None) -> list[str]:
-    """``followup.model.variants`` (or ``names``), each checked to read an earlier scan."""
+    """``followup.model.variants`` (or ``names``), each checked to be trainable on the pairs
+    (:data:`TRAINABLE_PRIORS`, image-domain)."""
     table = variant_table(cfg)
     names = list(names if names is not None else cfg.followup.model.variants)
     for name in names:
-        if known_variant(table, name).prior != "scan":
-            raise InputError(f"followup.model.variants lists '{name}', whose prior is "
-                             f"'{table[name].prior}': list variants with prior: scan.")
+        variant = known_variant(table, name)
+        if variant.prior not in TRAINABLE_PRIORS or variant.operator:
+            raise InputError(f"followup.model.variants lists '{name}' (prior "
+                             f"'{variant.prior}'{', operator' if variant.operator else ''}): "
+                             "list image-domain variants whose prior is one of "
+                             f"{', '.join(TRAINABLE_PRIORS)}.")
     return names
 
 
