@@ -56,6 +56,9 @@ FOLLOWUP_KEY = 28
 ``(28, split, 2, subject, slice)`` for its baseline; ``split`` is :data:`SPLIT_KEYS`'s,
 a real pair's ``(2, scan_key(name))``."""
 SPLIT_KEYS = {"test": 0, "val": 1, "train": 3}
+MIN_OBSERVER_LESIONS = 3
+"""Fewest lesions per host organ the observer is trained on (its template needs a
+covariance); with fewer, a lesion kind gets its contrast recovery only."""
 PRIOR_KINDS = ("registered", "unregistered", "wrong patient", "true field")
 """How the prior reaches a method: the deployable one, then the controls and the bound."""
 ORGANS = {"liver": ("liver",), "spleen": ("spleen",), "kidney": ("kidney",),
@@ -575,7 +578,8 @@ def _scores(cfg: DictConfig, pairs: Pairs, result: Reconstructions, observer: bo
             at = image[:, :, [x["subject"] for x in lesions], [x["slice"] for x in lesions]]
             if not (lesions and np.isfinite(at).all()):
                 continue
-            if not observer:
+            hosts = [x["host"] for x in lesions]
+            if not observer or min(hosts.count(h) for h in hosts) < MIN_OBSERVER_LESIONS:
                 out[name][key] = {"lesion_contrast_recovery": new_lesion_contrast(
                     image, pairs, kind)}
                 continue
