@@ -134,8 +134,9 @@ def test_dvc_status_is_clean_and_mlflow_holds_one_run_per_model(tiny_repo):
     client = mlflow.MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name == "sparsect"]
     runs = client.search_runs([experiment.experiment_id])
+    # train@V's models, and followup_train@24's prior model
     assert sorted(r.info.run_name for r in runs) == sorted(
-        f"{m}@{v}" for m in ("unet", "sg_unet") for v in (12, 24))
+        [f"{m}@{v}" for m in ("unet", "sg_unet") for v in (12, 24)] + ["prior_unet@24"])
     for run in runs:
         assert "val/psnr" in run.data.metrics and "train/loss" in run.data.metrics
         assert run.data.tags["git_commit"]
@@ -143,7 +144,8 @@ def test_dvc_status_is_clean_and_mlflow_holds_one_run_per_model(tiny_repo):
         assert artifacts == ["checkpoints/selected.ckpt"]
         # the run is found again by the content of the checkpoint it wrote
         model, views = run.info.run_name.split("@")
-        output = tiny_repo / "artifacts" / "models" / views / f"{model}.ckpt"
+        stage = "followup-models" if model == "prior_unet" else "models"
+        output = tiny_repo / "artifacts" / stage / views / f"{model}.ckpt"
         assert run.data.tags[CHECKPOINT_TAG] == sha256_file(output)
 
 
