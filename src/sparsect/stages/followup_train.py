@@ -97,6 +97,10 @@ def followup_train(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path, views
     seeds = [int(s) for s in (seeds if seeds is not None else spec.seeds)]
     if not seeds:
         raise InputError("followup.model.seeds is empty: give at least one seed.")
+    if str(spec.fixed) != "fbp":
+        raise InputError(f"followup.model.fixed is '{spec.fixed}': only fbp is offered for "
+                         "training (a TV of every training slice costs more than the "
+                         "training).")
     segmenter = Path(segmenter_dir) / "segmenter.ckpt"
     if not segmenter.is_file():
         raise InputError(f"'{segmenter_dir}' holds no segmenter.ckpt: run `sparsect "
@@ -107,10 +111,6 @@ def followup_train(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path, views
     for split, realisations in (("train", int(spec.realisations)), ("val", 1)):
         pairs = load_pairs(cohort_dir, split)
         scans = acquire(cfg, pairs, views, realisations, split)
-        if str(spec.fixed) != "fbp":
-            raise InputError(f"followup.model.fixed is '{spec.fixed}': only fbp is offered "
-                             "for training (a TV of every training slice costs more than "
-                             "the training).")
         priors = registered_priors(cfg, pairs, scans, scans.fbp[PRESENT, 0], segmenter, workers)
         data[split] = training_slices(pairs, scans, priors, context)
         registration[split] = {"subjects": pairs.subjects, "realisations": realisations,
