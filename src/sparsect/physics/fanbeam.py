@@ -1,10 +1,14 @@
-"""Fan-beam (flat detector) FBP on the CPU, which ASTRA's CPU ``FBP`` does not support.
+"""Fan-beam FBP on the CPU, which ASTRA's CPU ``FBP`` does not support.
 
 Weighted filtered backprojection for equally spaced collinear detectors (Kak &
 Slaney, *Principles of Computerized Tomographic Imaging*, sec. 3.4.2): the data
 are rescaled to a virtual detector through the isocentre, cosine- and
 redundancy-weighted, ramp-filtered, and backprojected pixel by pixel with the
 distance weight ``1 / U^2``.
+
+A scanner that is not aligned (an axis offset, a shifted or a curved detector;
+:mod:`.geometry`) is first rebinned, view by view, to the aligned scanner it is
+equivalent to (:mod:`.rebin`).
 
 The coordinates follow ASTRA's ``fanflat`` convention (``astra.geom_2vec``): at
 angle ``b`` the source sits at ``D_so * (sin b, -cos b)``, the detector's ``u``
@@ -60,17 +64,35 @@ def fan_fbp(sinogram: np.ndarray, geometry: Geometry, filter_name: str) -> np.nd
 
     Args:
         sinogram: ``(views, detector_count)`` line integrals (dimensionless).
-        geometry: The fan-beam geometry the data were acquired with.
+        geometry: The fan-beam geometry the data were acquired with (aligned or not).
         filter_name: One of :data:`sparsect.physics.filters.FILTERS`.
 
     Returns:
         ``(image_size, image_size)`` float32 image in 1/mm.
     """
-    d_so = geometry.source_isocenter_mm
-    bins = geometry.detector_count
-    # Virtual detector through the isocentre: coordinates shrink by the magnification.
-    spacing = geometry.detector_spacing_mm / geometry.magnification
-    s = (np.arange(bins) - (bins - 1) / 2.0) * spacing
+    if geometry.is_aligned:
+        bins = geometry.detector_count
+        # Virtual detector through the isocentre: coordinates shrink by the magnification.
+        spacing = geometry.detector_spacing_mm / geometry.magnification
+        s = (np.arange(bins) - (bins - 1) / 2.0) * spacing
+        return _weighted_fbp(sinogram, s, geometry.source_isocenter_mm, geometry.angles(),
+                             geometry, filter_name)
+    from .rebin import to_aligned
+
+    rebinned, aligned = to_aligned(sinogram, geometry)
+    bins = aligned.detector_count
+    s = (np.arange(bins) - (bins - 1) / 2.0) * (aligned.detector_spacing_mm
+                                                 / aligned.magnification)
+    return _weighted_fbp(rebinned, s, aligned.source_isocenter_mm,
+                         geometry.angles() - geometry.axis_fan_angle, geometry, filter_name)
+
+
+def _weighted_fbp(sinogram: np.ndarray, s: np.ndarray, d_so: float, angles: np.ndarray,
+                  geometry: Geometry, filter_name: str) -> np.ndarray:
+    """Fan FBP of ``sinogram`` on the virtual detector ``s`` (equally spaced, mm at the
+    axis) for a source at ``d_so`` from the axis at ``angles``."""
+    bins = s.size
+    spacing = float(s[1] - s[0]) if bins > 1 else 1.0
     gamma = np.arctan(s / d_so)
     weighted = (np.asarray(sinogram, np.float64) * (d_so / np.sqrt(d_so**2 + s**2))
                 * redundancy_weights(geometry, gamma))
@@ -82,10 +104,11 @@ def fan_fbp(sinogram: np.ndarray, geometry: Geometry, filter_name: str) -> np.nd
     y = np.broadcast_to(-coords[:, None], (n, n)).ravel()
     grid = np.arange(bins, dtype=np.float64)
     step = math.radians(geometry.angular_range_deg) / geometry.views
+    first = -float(s[0]) / spacing  # the index of s = 0
     image = np.zeros(n * n)
-    for row, beta in zip(filtered, geometry.angles(), strict=True):
+    for row, beta in zip(filtered, angles, strict=True):
         sin_b, cos_b = math.sin(beta), math.cos(beta)
         depth = d_so - x * sin_b + y * cos_b  # source-to-pixel distance along the central ray
-        index = (x * cos_b + y * sin_b) * (d_so / spacing) / depth + (bins - 1) / 2.0
+        index = (x * cos_b + y * sin_b) * (d_so / spacing) / depth + first
         image += np.interp(index, grid, row, left=0.0, right=0.0) * (d_so / depth) ** 2
     return (image * step).reshape(n, n).astype(np.float32)

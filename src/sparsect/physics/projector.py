@@ -51,11 +51,64 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _rotated(x: np.ndarray, y: np.ndarray, angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``(x, y)`` of the first view's frame at every angle: rows ``views``."""
+    cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
+    x, y = np.atleast_1d(x)[None, :], np.atleast_1d(y)[None, :]
+    return x * cos - y * sin, x * sin + y * cos
+
+
+def vector_geometry(geometry: Geometry) -> dict:
+    """ASTRA vector geometry (``parallel_vec`` / ``fanflat_vec``) of any :class:`Geometry`.
+
+    Rows follow the conventions of :mod:`sparsect.physics.geometry`: the first view's
+    frame is rotated by each angle. ASTRA has no 2D curved detector, so a curved one is
+    built exactly from one single-bin flat detector per (view, bin), each tangent to the
+    arc at its bin's centre: with the line kernel every ray runs from the source to a bin
+    centre, as on the arc. Its ``views * detector_count`` rows, view-major, have the
+    layout of a ``(views, detector_count)`` sinogram (:func:`astra_sinogram_shape`)."""
+    angles = geometry.angles()
+    spacing, offset = geometry.detector_spacing_mm, geometry.axis_offset_mm
+    if geometry.beam == "parallel":
+        centre = geometry.detector_shift_mm - offset
+        ray = _rotated(np.array([0.0]), np.array([-1.0]), angles)
+        detector = _rotated(np.array([centre]), np.array([0.0]), angles)
+        u = _rotated(np.array([spacing]), np.array([0.0]), angles)
+        vectors = np.concatenate([*ray, *detector, *u], axis=1)
+        return astra.create_proj_geom("parallel_vec", geometry.detector_count, vectors)
+    d_so, d_sd = geometry.source_isocenter_mm, geometry.source_detector_mm
+    source = _rotated(np.array([-offset]), np.array([-d_so]), angles)
+    if geometry.detector_shape == "flat":
+        detector = _rotated(np.array([geometry.detector_shift_mm - offset]),
+                            np.array([d_sd - d_so]), angles)
+        u = _rotated(np.array([spacing]), np.array([0.0]), angles)
+        vectors = np.concatenate([*source, *detector, *u], axis=1)
+        return astra.create_proj_geom("fanflat_vec", geometry.detector_count, vectors)
+    gamma = geometry.bin_positions_mm() / d_sd  # fan angle of each bin from the central ray
+    bins = gamma.size
+    detector = _rotated(-offset + d_sd * np.sin(gamma), -d_so + d_sd * np.cos(gamma), angles)
+    u = _rotated(spacing * np.cos(gamma), -spacing * np.sin(gamma), angles)
+    source = [np.repeat(part, bins, axis=1) for part in source]
+    vectors = np.stack([part.ravel() for part in (*source, *detector, *u)], axis=1)
+    return astra.create_proj_geom("fanflat_vec", 1, vectors)
+
+
+def astra_sinogram_shape(geometry: Geometry) -> tuple[int, int]:
+    """Shape of ASTRA's sinogram data for ``geometry``: ``(views, detector_count)``, or
+    ``(views * detector_count, 1)`` for a curved detector (:func:`vector_geometry`)."""
+    if geometry.detector_shape == "curved":
+        return (geometry.views * geometry.detector_count, 1)
+    return geometry.sinogram_shape
+
+
 def astra_geometries(geometry: Geometry) -> tuple[dict, dict]:
-    """ASTRA ``(volume, projection)`` geometry dicts, both in mm."""
+    """ASTRA ``(volume, projection)`` geometry dicts, both in mm: ASTRA's ``parallel`` or
+    ``fanflat`` for an aligned scanner, :func:`vector_geometry` otherwise."""
     half = geometry.image_size * geometry.pixel_size_mm / 2.0
     n = geometry.image_size
     volume = astra.create_vol_geom(n, n, -half, half, -half, half)
+    if not geometry.is_aligned:
+        return volume, vector_geometry(geometry)
     if geometry.beam == "parallel":
         projection = astra.create_proj_geom("parallel", geometry.detector_spacing_mm,
                                             geometry.detector_count, geometry.angles())
@@ -145,6 +198,18 @@ class Projector:
         """
         check_filter(filter)
         sinogram = self._checked(sinogram, self.sinogram_shape, "sinogram")
+        if not self.geometry.is_aligned:
+            if self.geometry.beam == "fan":
+                return fan_fbp(sinogram, self.geometry, filter)
+            # ASTRA's FBP takes only its aligned 'parallel' geometry: rebin onto it. (Its
+            # backprojector's weights depend on where a ray crosses each pixel, so
+            # backprojecting at the measured, shifted positions instead would add a
+            # pattern of ~10 HU that depends on the shift's fraction of a bin.)
+            from .rebin import to_aligned
+
+            rebinned, aligned = to_aligned(sinogram, self.geometry)
+            with Projector(aligned, self._requested_device) as projector:
+                return projector.fbp(rebinned, filter)
         if self.device == "cpu" and self.geometry.beam == "fan":
             # ASTRA's CPU FBP only supports parallel beams.
             return fan_fbp(sinogram, self.geometry, filter)
@@ -175,11 +240,13 @@ class Projector:
         if self._projector_id is None:
             raise RuntimeError("This Projector is closed.")
         volume_id = sinogram_id = algorithm_id = None
+        astra_shape = astra_sinogram_shape(self.geometry)
         try:
             volume_id = astra.data2d.create("-vol", self._volume_geom,
                                             0.0 if volume is None else volume)
-            sinogram_id = astra.data2d.create("-sino", self._projection_geom,
-                                              0.0 if sinogram is None else sinogram)
+            sinogram_id = astra.data2d.create(
+                "-sino", self._projection_geom,
+                0.0 if sinogram is None else sinogram.reshape(astra_shape))
             cfg = astra.astra_dict(name + ("_CUDA" if self.device == "cuda" else ""))
             cfg["ProjectorId"] = self._projector_id
             cfg["ProjectionDataId"] = sinogram_id
@@ -188,7 +255,9 @@ class Projector:
             cfg["option"] = dict(options or {})
             algorithm_id = astra.algorithm.create(cfg)
             astra.algorithm.run(algorithm_id, iterations)
-            result = astra.data2d.get(volume_id if output == "volume" else sinogram_id)
+            if output == "volume":
+                return np.asarray(astra.data2d.get(volume_id), dtype=np.float32)
+            result = astra.data2d.get(sinogram_id).reshape(self.sinogram_shape)
             return np.asarray(result, dtype=np.float32)
         finally:
             if algorithm_id is not None:
