@@ -316,6 +316,29 @@ def counts_with_zeros(root):
     return reconstruct(root, root / "scan.npy", "--model", str(checkpoint(root / "m.ckpt")))
 
 
+def fan_sidecar(root, **changes) -> list[str]:
+    """A fan-beam sinogram whose geometry file has ``changes`` (None deletes a field)."""
+    fan = Geometry("fan", views=16, image_size=32, pixel_size_mm=12.0)
+    fields = {**fan.to_dict(), "axis_offset_mm": 3.0}
+    for name, value in changes.items():
+        if value is None:
+            fields.pop(name)
+        else:
+            fields[name] = value
+    np.save(root / "scan.npy", np.zeros((2, fan.views, fan.detector_count)))
+    (root / "scan.json").write_text(json.dumps(fields))
+    return reconstruct(root, root / "scan.npy", "--model", str(checkpoint(root / "m.ckpt")),
+                       *(("--method", "fbp", "--option", "filter=hann") if changes else ()))
+
+
+def line_integrals_with_a_flat_field(root):
+    np.save(root / "scan.npy", np.zeros((2, GEOMETRY.views, GEOMETRY.detector_count)))
+    (root / "scan.json").write_text(json.dumps({"geometry": GEOMETRY.to_dict(),
+                                                "flat_field": 1e5}))
+    return reconstruct(root, root / "scan.npy", "--method", "fbp", "--option", "filter=hann",
+                       "--model", str(checkpoint(root / "m.ckpt")))
+
+
 def counts_without_flat_field(root):
     np.save(root / "scan.npy", np.full((2, GEOMETRY.views, GEOMETRY.detector_count), 5e4))
     (root / "scan.json").write_text(json.dumps({"geometry": GEOMETRY.to_dict(),
@@ -474,11 +497,29 @@ CASES = {
                                     r"table_probability must lie in \[0, 1\], got 1\.5",
                                     r"fix it in conf/data/"),
     "unwritable output": Case(unwritable_output, r"blocker/out'", "choose a writable"),
-    "sinogram of wrong shape": Case(sinogram_of_wrong_shape, r"scan\.npy' has shape \(2, 16, ",
-                                    "check views and detectors"),
+    "sinogram of wrong shape": Case(sinogram_of_wrong_shape,
+                                    r"scan\.npy' has 55 bins .* gives detector_count 48",
+                                    "fix the one that is wrong"),
     "sinogram of another geometry": Case(sinogram_of_another_geometry,
-                                         r"scan\.npy' was measured with geometry",
-                                         "use a model trained for it"),
+                                         r"scan\.npy' cannot be given to model .* views \(30\)",
+                                         "reconstruct it with --method fbp"),
+    "fan offset for a model": Case(lambda root: fan_sidecar(root),
+                                   r"scan\.npy' cannot be given to model .* beam",
+                                   "--method fbp, sirt, cgls or tv"),
+    "sidecar missing a field": Case(lambda root: fan_sidecar(root, source_detector_mm=None),
+                                    r"scan\.json' gives no 'source_detector_mm'", "add it"),
+    "sidecar with an unknown field": Case(lambda root: fan_sidecar(root, axis_ofset_mm=1.0),
+                                          r"unknown geometry field\(s\) \['axis_ofset_mm'\]",
+                                          "valid ones are"),
+    "sidecar curved parallel": Case(lambda root: fan_sidecar(root, beam="parallel",
+                                                             detector_shape="curved"),
+                                    r"invalid 'detector_shape'", "fix it"),
+    "sidecar contradicting views": Case(lambda root: fan_sidecar(root, views=20),
+                                        r"has 16 views .* gives views 20",
+                                        "fix the one that is wrong"),
+    "sidecar flat field for line integrals": Case(line_integrals_with_a_flat_field,
+                                                  r"'flat_field' of .*scan\.json' contradicts",
+                                                  "drop it"),
     "counts with zeros": Case(counts_with_zeros, r"scan\.npy' has 1 zero or negative counts",
                               "replace photon-starved bins"),
     "counts without flat field": Case(counts_without_flat_field, r"holds raw counts but",

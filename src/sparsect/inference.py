@@ -8,9 +8,14 @@ Inputs:
   model's recorded geometry and noise, and the result is reconstructed;
 - a measured sinogram ``<name>.npy`` (``(views, detectors)`` or
   ``(slices, views, detectors)``) with ``<name>.json`` beside it: its geometry (as
-  ``Geometry.to_dict``) for line integrals, or ``{"geometry": {...}, "values":
-  "counts", "flat_field": I0 or "flat.npy", "dark_field": ...}`` for raw detector
-  counts, whose log is taken here; a geometry other than the model's is refused;
+  ``Geometry.to_dict``, every field of
+  :data:`~sparsect.physics.measured.SIDECAR_FIELDS`) for line integrals, or
+  ``{"geometry": {...}, "values": "counts", "flat_field": I0 or "flat.npy",
+  "dark_field": ...}`` for raw detector counts, whose log is taken here. A classical
+  method reconstructs it on its own geometry (axis offset, shifted or curved detector;
+  ``"axis_offset_mm": "estimate"`` estimates the offset from the data); a model needs its
+  own, onto which it is rebinned when that is exact up to interpolation, and refused
+  otherwise;
 - a folder of such inputs (files, and sub-folders of DICOM files), processed one by
   one with a progress bar.
 
@@ -27,6 +32,7 @@ was made from this very scan (``oracle``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,7 @@ from sparsect.data.io import (
 )
 from sparsect.data.outputs import (
     check_output_name,
+    geometry_sidecar,
     nifti_stem,
     output_path,
     prior_sidecar,
@@ -59,7 +66,8 @@ from sparsect.methods.names import CLASSICAL, DC_SUFFIX
 from sparsect.methods.prior import PriorCase, PriorImage
 from sparsect.physics import Geometry
 from sparsect.physics.acquisition import Acquisition, scan_key
-from sparsect.physics.measured import read_sinogram
+from sparsect.physics.measured import read_measurement
+from sparsect.physics.rebin import rebin_to
 from sparsect.priors.labels import label_table
 from sparsect.priors.register import register_label_map
 from sparsect.settings import workers_from_cfg
@@ -247,6 +255,49 @@ def _with_prior_scan(recon: Reconstructor, prior_scan: PriorScan, sinograms: np.
     return volume
 
 
+def _reconstruct_measurement(recon: Reconstructor, item: Path, output: Path) -> Path:
+    """A measured sinogram (:func:`~sparsect.physics.measured.read_measurement`): a
+    classical method runs on the sinogram's own geometry and grid; a model needs its own
+    geometry, so the sinogram is rebinned onto the model's detector where every view's
+    rays are the model's (:func:`~sparsect.physics.rebin.rebin_to`), and refused
+    otherwise. ``<output stem>.geometry.json`` beside the output records the geometry,
+    how its axis offset was set and whether the data were rebinned."""
+    measurement = read_measurement(item)
+    check_output_name(output)
+    record = {"input": str(Path(item).resolve()), "method": recon.output, **measurement.record}
+    if recon.method in CLASSICAL:
+        geometry = measurement.geometry
+        acquisition = dataclasses.replace(recon.acquisition, geometry=geometry)
+        case = PriorCase(acquisition.fbp(measurement.sinograms), measurement.sinograms,
+                         acquisition)
+        volume = recon.applied.apply(case)[recon.output].images
+        record["rebinned_to"] = None
+    else:
+        geometry = recon.geometry
+        sinograms = measurement.sinograms
+        if measurement.geometry != geometry:
+            try:
+                sinograms = rebin_to(sinograms, measurement.geometry, geometry)
+            except ValueError as reason:
+                raise InputError(
+                    f"Sinogram '{item}' cannot be given to model '{recon.output}': {reason}; "
+                    "reconstruct it with --method fbp, sirt, cgls or tv, which run on its own "
+                    "geometry.") from None
+            record["rebinned_to"] = geometry.to_dict()
+        else:
+            record["rebinned_to"] = None
+        volume = recon.from_sinograms(sinograms)
+    px = geometry.pixel_size_mm
+    sidecar = geometry_sidecar(output)
+    atomic_write_json(sidecar, record)
+    try:
+        save_nifti(output, volume_from_slices(volume), np.diag([px, px, 1.0, 1.0]))
+    except BaseException:
+        sidecar.unlink(missing_ok=True)
+        raise
+    return output
+
+
 def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
                       save_reference: bool = False, series: str | None = None,
                       prior_scan: PriorScan | None = None) -> Path:
@@ -261,11 +312,7 @@ def reconstruct_input(recon: Reconstructor, item: Path, output: Path,
         if recon.prior is not None:
             raise InputError(f"Sinogram '{item}' has no position in the patient to register "
                              "--prior to: reconstruct the scan volume instead, or drop --prior.")
-        volume = recon.from_sinograms(read_sinogram(item, geometry))
-        px = geometry.pixel_size_mm
-        affine = np.diag([px, px, 1.0, 1.0])
-        save_nifti(output, volume_from_slices(volume), affine)
-        return output
+        return _reconstruct_measurement(recon, item, output)
     entry = ScanEntry(item.name, item, None, series=series if is_dicom_input(item) else None)
     subject = standardise(load_subject(entry), geometry.image_size, geometry.pixel_size_mm,
                           recon.hu_clip)

@@ -33,6 +33,10 @@ def geometry_from_cfg(cfg: DictConfig, views: int | None = None) -> Geometry:
             else float(geo.angular_range_deg),
             source_isocenter_mm=float(geo.source_isocenter_mm),
             source_detector_mm=float(geo.source_detector_mm),
+            # a measured scanner's alignment (physics/geometry.py); absent: the ideal one
+            axis_offset_mm=float(geo.get("axis_offset_mm", 0.0)),
+            detector_shift_mm=float(geo.get("detector_shift_mm", 0.0)),
+            detector_shape=str(geo.get("detector_shape", "flat")),
         )
     except (ValueError, TypeError) as error:
         raise InputError(

@@ -28,6 +28,11 @@ def prior_sidecar(output: Path) -> Path:
     return Path(output).with_name(f"{nifti_stem(output)}.prior.json")
 
 
+def geometry_sidecar(output: Path) -> Path:
+    """``<output stem>.geometry.json`` beside ``output`` (a measured sinogram's geometry)."""
+    return Path(output).with_name(f"{nifti_stem(output)}.geometry.json")
+
+
 def output_path(output: Path, item: Path, many: bool) -> Path:
     """Where input ``item`` is written: ``output`` itself, or ``<output>/<stem>_recon.nii.gz``
     when ``many`` inputs share the folder ``output``."""

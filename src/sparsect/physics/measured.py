@@ -8,9 +8,11 @@ drifts). A dark field (the detector's offset without X-rays) is subtracted from
 both first when given.
 
 A sinogram file ``<name>.npy`` (``(views, detectors)`` or ``(slices, views,
-detectors)``) has ``<name>.json`` beside it: its geometry (as ``Geometry.to_dict``)
-for line integrals, or ``{"geometry": {...}, "values": "counts", "flat_field": I0 or
-"flat.npy", "dark_field": ...}`` for raw counts (:func:`read_sinogram`).
+detectors)``) has ``<name>.json`` beside it: its geometry (as ``Geometry.to_dict``;
+:data:`SIDECAR_FIELDS`) for line integrals, or ``{"geometry": {...}, "values":
+"counts", "flat_field": I0 or "flat.npy", "dark_field": ...}`` for raw counts
+(:func:`read_measurement`). A measured geometry must state its detector, its arc and,
+in fan beam, its distances: no default stands in for a measured value.
 
 >>> counts = np.array([[100000.0, 36788.0]])
 >>> np.round(line_integrals_from_counts(counts, 1e5, "scan.npy"), 3).tolist()
@@ -19,8 +21,12 @@ for line integrals, or ``{"geometry": {...}, "values": "counts", "flat_field": I
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,33 +77,115 @@ def line_integrals_from_counts(counts: np.ndarray, flat_field: float | np.ndarra
     return np.log(flat / signal).astype(np.float32)
 
 
-def _sidecar(path: Path) -> tuple[Geometry, dict]:
-    """``<name>.json`` beside sinogram ``path``: its geometry (``Geometry.to_dict()``), or
-    ``{"geometry": {...}, "values": "counts", "flat_field": I0 | "flat.npy",
-    "dark_field": ... }`` for raw counts."""
+# Every field of a geometry file: unit and meaning, the documentation of the format
+# (README, "Measured sinograms") and of every refusal.
+SIDECAR_FIELDS: dict[str, str] = {
+    "beam": '"parallel" or "fan"',
+    "views": "projection angles in the file, equally spaced over angular_range_deg (count)",
+    "angular_range_deg": "arc the views cover (degrees); the first view is at angle 0, "
+                         "angles grow counter-clockwise (physics/geometry.py)",
+    "detector_count": "bins per view (count); must be the file's last axis",
+    "detector_spacing_mm": "bin pitch on the detector (mm; arc length on a curved one)",
+    "source_isocenter_mm": "fan beam: source to rotation axis, along the central ray (mm)",
+    "source_detector_mm": "fan beam: source to detector, along the central ray (mm)",
+    "axis_offset_mm": 'rotation axis from the central ray, along +u, at the axis (mm); '
+                      'positive: the axis\' shadow at a higher bin; "estimate": from the data',
+    "detector_shift_mm": "detector centre from the central ray, along +u (mm on the "
+                         "detector); positive: the axis' shadow at a lower bin",
+    "detector_shape": '"flat" or, in fan beam, "curved" (cylinder centred on the source)',
+    "image_size": "reconstruction grid, image_size x image_size pixels (count)",
+    "pixel_size_mm": "reconstruction pixel side (mm)",
+}
+_REQUIRED = ("beam", "views", "angular_range_deg", "detector_count", "detector_spacing_mm",
+             "image_size", "pixel_size_mm")
+_REQUIRED_FAN = ("source_isocenter_mm", "source_detector_mm")
+_MEASUREMENT_KEYS = ("geometry", "values", "flat_field", "dark_field")
+ESTIMATE = "estimate"
+
+
+@dataclass
+class Measurement:
+    """A measured sinogram file read with its geometry file.
+
+    Attributes:
+        sinograms: ``(slices, views, detector_count)`` float32 line integrals.
+        geometry: the geometry they were measured with (an estimated axis offset filled in).
+        record: what the output's sidecar records: the geometry, the values' kind, and how
+            the axis offset was set (``given``, or the estimate and its method).
+        counts: ``(slices, views, detector_count)`` raw counts minus the dark field and the
+            flat field the same shape, when the file holds counts (for a Poisson noise
+            model), else None.
+    """
+
+    sinograms: np.ndarray
+    geometry: Geometry
+    record: dict[str, Any]
+    counts: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _sidecar(path: Path) -> tuple[dict, dict]:
+    """``<name>.json`` beside sinogram ``path``, checked field by field: ``(geometry fields,
+    measurement)``; a bare geometry dict is read as ``{"geometry": ...}``."""
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
         raise InputError(f"Sinogram '{path}' has no geometry file '{sidecar.name}' beside it: "
-                         "write its Geometry.to_dict() there.")
+                         "write its geometry there (fields: README, Measured sinograms).")
     try:
         content = json.loads(sidecar.read_text())
-        measurement = content if "geometry" in content else {"geometry": content}
-        geometry = Geometry.from_dict(measurement["geometry"])
-    except (ValueError, TypeError, AttributeError, json.JSONDecodeError) as error:
-        raise InputError(f"Geometry file '{sidecar}' is invalid ({error}): fix it.") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"Geometry file '{sidecar}' is not valid JSON ({error}): fix it.") \
+            from None
+    if not isinstance(content, dict):
+        raise InputError(f"Geometry file '{sidecar}' holds a {type(content).__name__}, not a "
+                         "JSON object: write its fields as an object.")
+    measurement = content if "geometry" in content else {"geometry": content}
+    unknown = sorted(set(measurement) - set(_MEASUREMENT_KEYS))
+    if unknown:
+        raise InputError(f"Geometry file '{sidecar}' has unknown field(s) {unknown}: the "
+                         f"measurement's fields are {list(_MEASUREMENT_KEYS)} (and the "
+                         "geometry's go inside \"geometry\").")
+    fields = measurement["geometry"]
+    if not isinstance(fields, dict):
+        raise InputError(f"Field 'geometry' of '{sidecar}' must be an object of the geometry's "
+                         "fields.")
+    unknown = sorted(set(fields) - set(SIDECAR_FIELDS))
+    if unknown:
+        raise InputError(f"Geometry file '{sidecar}' has unknown geometry field(s) {unknown}: "
+                         f"valid ones are {list(SIDECAR_FIELDS)}.")
+    required = _REQUIRED + (_REQUIRED_FAN if fields.get("beam") == "fan" else ())
+    for name in required:
+        if fields.get(name) is None:
+            raise InputError(f"Geometry file '{sidecar}' gives no '{name}': add it "
+                             f"({SIDECAR_FIELDS[name]}).")
     values = measurement.get("values", "line_integrals")
     if values not in ("line_integrals", "counts"):
-        raise InputError(f"Geometry file '{sidecar}' says values '{values}': write "
+        raise InputError(f"Field 'values' of '{sidecar}' is {values!r}: write "
                          "\"line_integrals\" or \"counts\" (with a flat_field).")
     if values == "counts" and "flat_field" not in measurement:
         raise InputError(f"Sinogram '{path}' holds raw counts but '{sidecar.name}' gives no "
-                         "flat_field: add I0 (a number, or a .npy of the counts without object).")
-    return geometry, measurement
+                         "'flat_field': add I0 (a number, or a .npy of the counts without object).")
+    if values == "line_integrals":
+        for name in ("flat_field", "dark_field"):
+            if name in measurement:
+                raise InputError(f"Field '{name}' of '{sidecar}' contradicts values "
+                                 "\"line_integrals\": a flat or dark field belongs to raw "
+                                 "counts; drop it or set values to \"counts\".")
+    return fields, measurement
+
+
+def _geometry(fields: dict, sidecar: Path) -> Geometry:
+    try:
+        return Geometry.from_dict(fields)
+    except (ValueError, TypeError) as error:
+        named = re.search(r"Geometry\.(\w+)", str(error))
+        field = f"'{named.group(1)}'" if named else "a field"
+        raise InputError(f"Geometry file '{sidecar}' has an invalid {field} "
+                         f"({str(error).rstrip('.')}): fix it.") from None
 
 
 def _field(value: float | str, path: Path) -> float | np.ndarray:
     """A flat or dark field: a number, or a ``.npy`` file named relative to the sinogram."""
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     try:
         return np.load(path.parent / str(value), allow_pickle=False)
@@ -106,35 +194,79 @@ def _field(value: float | str, path: Path) -> float | np.ndarray:
                          "number or a .npy file beside the sinogram.") from None
 
 
-def read_sinogram(path: Path, geometry: Geometry) -> np.ndarray:
-    """Line integrals ``(slices, views, detectors)`` of sinogram ``path`` (taking the log of
-    raw counts with their flat field when its sidecar says so).
-
-    Args:
-        path: the sinogram ``.npy``, with its ``.json`` sidecar beside it.
-        geometry: the geometry the sinogram must have been measured with.
+def read_measurement(path: Path) -> Measurement:
+    """Sinogram ``path`` (``.npy``, ``(views, bins)`` or ``(slices, views, bins)``) with its
+    geometry file ``<name>.json`` (fields: :data:`SIDECAR_FIELDS`): line integrals (the log
+    taken of raw counts with their flat and dark fields) on their own geometry, the axis
+    offset estimated from the data where the file says ``"estimate"``
+    (:func:`~sparsect.physics.center.estimate_axis_offset`).
 
     Raises:
-        InputError: for a missing or invalid sidecar, a geometry other than ``geometry``,
-            an unreadable array or field, a shape that does not fit the geometry, or
-            counts whose logarithm is undefined.
+        InputError: for a missing, unknown, invalid or contradictory field (named), an
+            unreadable array or field, a shape that contradicts the geometry, counts whose
+            logarithm is undefined, or an offset that cannot be estimated.
     """
-    measured, measurement = _sidecar(path)
-    if measured != geometry:
-        raise InputError(f"Sinogram '{path}' was measured with geometry {measured.to_dict()} but "
-                         f"the model expects {geometry.to_dict()}: use a model trained for it.")
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    fields, measurement = _sidecar(path)
+    fields = dict(fields)
+    estimate = fields.get("axis_offset_mm") == ESTIMATE
+    if estimate:
+        fields["axis_offset_mm"] = 0.0
+    geometry = _geometry(fields, sidecar)
     try:
-        sinograms = np.load(path, allow_pickle=False).astype(np.float32)
+        data = np.load(path, allow_pickle=False).astype(np.float64)
     except (ValueError, OSError) as error:
         raise InputError(f"Cannot read sinogram '{path}' ({error}): give a .npy array.") from None
-    if sinograms.ndim == 2:
-        sinograms = sinograms[None]
-    expected = (geometry.views, geometry.detector_count)
-    if sinograms.ndim != 3 or sinograms.shape[1:] != expected:
-        raise InputError(f"Sinogram '{path}' has shape {sinograms.shape} but the geometry needs "
-                         f"(slices, {expected[0]}, {expected[1]}): check views and detectors.")
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise InputError(f"Sinogram '{path}' has {data.ndim} dimensions: give (views, bins) or "
+                         "(slices, views, bins).")
+    for axis, name in ((1, "views"), (2, "detector_count")):
+        if data.shape[axis] != getattr(geometry, name):
+            raise InputError(f"Sinogram '{path}' has {data.shape[axis]} "
+                             f"{'views' if axis == 1 else 'bins'} (shape {data.shape}) but "
+                             f"'{sidecar.name}' gives {name} {getattr(geometry, name)}: fix "
+                             "the one that is wrong.")
+    counts = None
     if measurement.get("values") == "counts":
-        return line_integrals_from_counts(
-            sinograms, _field(measurement["flat_field"], path), path.name,
-            _field(measurement.get("dark_field", 0.0), path))
-    return sinograms
+        flat = _field(measurement["flat_field"], path)
+        dark = _field(measurement.get("dark_field", 0.0), path)
+        sinograms = line_integrals_from_counts(data, flat, path.name, dark)
+        counts = (data - np.broadcast_to(np.asarray(dark, np.float64), data.shape),
+                  np.broadcast_to(np.asarray(flat, np.float64) - dark, data.shape))
+    else:
+        if not np.isfinite(data).all():
+            raise InputError(f"Sinogram '{path}' holds NaN or infinite line integrals: fix "
+                             "the measurement.")
+        sinograms = data.astype(np.float32)
+    record: dict[str, Any] = {"values": measurement.get("values", "line_integrals")}
+    if estimate:
+        from .center import estimate_axis_offset
+
+        offset, method = estimate_axis_offset(sinograms, geometry, path.name)
+        geometry = dataclasses.replace(geometry, axis_offset_mm=float(offset))
+        record["axis_offset"] = {"estimated": True, "method": method,
+                                 "axis_offset_mm": float(offset),
+                                 "axis_bin": float(geometry.axis_bin)}
+    else:
+        record["axis_offset"] = {"estimated": False,
+                                 "axis_offset_mm": float(geometry.axis_offset_mm)}
+    record["geometry"] = geometry.to_dict()
+    return Measurement(sinograms, geometry, record, counts)
+
+
+def read_sinogram(path: Path, geometry: Geometry) -> np.ndarray:
+    """Line integrals ``(slices, views, detectors)`` of sinogram ``path`` measured with
+    exactly ``geometry`` (:func:`read_measurement`).
+
+    Raises:
+        InputError: as :func:`read_measurement`, and for a geometry other than ``geometry``.
+    """
+    measurement = read_measurement(path)
+    if measurement.geometry != geometry:
+        raise InputError(f"Sinogram '{path}' was measured with geometry "
+                         f"{measurement.geometry.to_dict()} but {geometry.to_dict()} is "
+                         "needed here: give a sinogram of that geometry.")
+    return measurement.sinograms

@@ -117,3 +117,43 @@ def measured_index(target: np.ndarray, geometry: Geometry) -> np.ndarray:
         u = geometry.detector_coordinate(central)
     return (u - geometry.detector_shift_mm) / geometry.detector_spacing_mm \
         + (geometry.detector_count - 1) / 2.0
+
+
+def rebin_reason(measured: Geometry, target: Geometry) -> str | None:
+    """Why the data of ``measured`` cannot be rebinned exactly onto ``target``'s detector
+    (None when they can): each view's rays must be the same family, i.e. the same beam,
+    views and arc, and in fan beam the same source positions (distance and axis offset);
+    the detectors (bins, pitch, shift, shape) and, in parallel beam, the axis offset may
+    differ."""
+    for name in ("beam", "views", "angular_range_deg"):
+        if getattr(measured, name) != getattr(target, name):
+            return (f"its {name} ({getattr(measured, name)}) is not the model's "
+                    f"({getattr(target, name)})")
+    if measured.beam == "fan":
+        for name in ("source_isocenter_mm", "axis_offset_mm"):
+            if not math.isclose(getattr(measured, name), getattr(target, name),
+                                rel_tol=1e-9, abs_tol=1e-9):
+                return (f"its fan-beam {name} ({getattr(measured, name)}) is not the model's "
+                        f"({getattr(target, name)}), so its source is elsewhere and its rays "
+                        "are not the model's")
+    return None
+
+
+def rebin_to(sinograms: np.ndarray, measured: Geometry, target: Geometry) -> np.ndarray:
+    """``(..., views, bins)`` line integrals of ``measured`` resampled onto ``target``'s
+    detector, view by view (module docstring), float32.
+
+    Raises:
+        ValueError: when the rays differ (:func:`rebin_reason`).
+    """
+    reason = rebin_reason(measured, target)
+    if reason is not None:
+        raise ValueError(reason)
+    if measured.beam == "parallel":
+        wanted = target.bin_positions_mm() - target.axis_offset_mm
+    else:
+        wanted = measured.source_radius_mm * np.tan(target.bin_fan_angles())
+    index = measured_index(wanted, measured)
+    data = np.asarray(sinograms)
+    flat = data.reshape(-1, data.shape[-1])
+    return resample_rows(flat, index).reshape(*data.shape[:-1], index.size).astype(np.float32)

@@ -117,6 +117,9 @@ def _sart(projector: Projector, sinogram: np.ndarray, iterations: int = 10,
     # ASTRA's SART updates from one view per iteration: run `iterations` sweeps.
     # The order is fixed (not ASTRA's 'random', which uses an unseeded C rand())
     # and spreads consecutive updates far apart in angle, as ordered subsets need.
+    if projector.geometry.detector_shape == "curved":
+        raise ValueError("SART updates view by view, and ASTRA holds a curved detector as "
+                         "one single-ray view per bin: use sirt, cgls or tv for it")
     views = projector.geometry.views
     order = np.argsort((np.arange(views) * 0.6180339887498949) % 1.0, kind="stable")
     options: dict[str, Any] = {"ProjectionOrder": "custom", "ProjectionOrderList": order}
