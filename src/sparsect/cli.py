@@ -229,6 +229,7 @@ def _options(pairs: list[str]) -> dict[str, object] | None:
 
 
 def _reconstruct(args: argparse.Namespace) -> object:
+    from sparsect.data.io import spacing_override
     from sparsect.inference import PriorMap, reconstruct_files
 
     if args.prior is None and args.prior_oracle:
@@ -242,10 +243,11 @@ def _reconstruct(args: argparse.Namespace) -> object:
     if args.option and args.method == "model":
         raise InputError("--option sets a classical method's settings: add --method (e.g. "
                          "--method tv) or drop --option.")
-    written = reconstruct_files(_cfg(args), args.input, args.output, args.model, args.method,
-                                args.views, args.save_reference, args.series, args.dc, prior,
-                                args.runtime, args.export, _options(args.option),
-                                args.prior_scan, args.segmenter)
+    with spacing_override(args.spacing, args.input):
+        written = reconstruct_files(_cfg(args), args.input, args.output, args.model,
+                                    args.method, args.views, args.save_reference, args.series,
+                                    args.dc, prior, args.runtime, args.export,
+                                    _options(args.option), args.prior_scan, args.segmenter)
     if prior is not None and prior.oracle:
         print(f"oracle: the map was made from this scan ({prior.path}), so the reconstruction "
               "is an upper bound, not what a new scan would get.")
@@ -476,6 +478,10 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--series", default=None, metavar="UID-or-NUMBER",
                    help="the DICOM series to reconstruct when the input folder holds several "
                         "(its SeriesInstanceUID or SeriesNumber)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="voxel size in mm of INPUT's volumes, replacing their headers' (for "
+                        "headers without usable spacing; an unusable orientation is then "
+                        "taken as canonical: RAS+ arrays, standard axial DICOM slices)")
     p.add_argument("--dc", action="store_true",
                    help="apply the model's data-consistency step after it (the +dc method; "
                         "lambda and steps as chosen on validation after training)")

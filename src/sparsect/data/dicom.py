@@ -22,7 +22,14 @@ slices sorted along the slice normal (the cross product of the row and column
 directions of ``ImageOrientationPatient``), the first of them at the origin, the z step
 the mean distance between neighbouring slices, from DICOM's LPS to RAS+ coordinates.
 Geometry sparsect does not reconstruct correctly (gantry tilt, sagittal or coronal
-slices, multi-frame images) is refused with the fix.
+slices, multi-frame images) is refused with the fix, and so is geometry the headers do
+not give: a missing, zero, negative or non-finite ``PixelSpacing``, an
+``ImageOrientationPatient`` whose directions are not finite unit vectors at right
+angles, missing or non-finite ``ImagePositionPatient``, and slice positions (or, for a
+single slice, ``SliceThickness``) that give no slice spacing. An explicit voxel spacing
+(x, y, z in mm) is taken instead of the headers' spacing; an unusable orientation is
+then taken as the standard axial one (``1\\0\\0\\0\\1\\0``, slices as displayed) and
+unusable positions as slices in ``InstanceNumber`` order (else file order).
 """
 
 from __future__ import annotations
@@ -47,6 +54,15 @@ LOCALIZER = "LOCALIZER"
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 TOLERANCE_MM = 1e-3
 """Positions closer than this are the same position."""
+DIRECTION_TOLERANCE = 1e-3
+"""Largest departure of an ``ImageOrientationPatient`` direction from unit length, and of
+the cosine between its row and column directions from zero (0.06 degrees)."""
+STANDARD_ORIENTATION = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+"""``ImageOrientationPatient`` of axial slices as displayed (rows to the patient's left,
+columns to posterior)."""
+SPACING_FIX = ("export the series with its geometry tags, or give the voxel spacing "
+               "explicitly with `sparsect reconstruct --spacing X Y Z` (mm)")
+"""What to do about headers that give no usable spacing or orientation."""
 
 _RAW_STARTS = (b"\x02\x00", b"\x08\x00")
 """First bytes of a little-endian data set written without preamble (group 0002 or 0008)."""
@@ -370,34 +386,67 @@ class _Geometry:
     affine: np.ndarray
 
 
-def check_series(series: Series, where: str) -> _Geometry:
+def check_series(series: Series, where: str,
+                 spacing: tuple[float, float, float] | None = None) -> _Geometry:
     """Checks one series before it is read as a CT volume; returns its slice order and
     RAS+ affine.
 
     ITK reads whatever it is given: an MR series as if its values were HU, stored values
     without rescale tags as HU, and a series with a missing slice as a volume whose z
     spacing is silently wrong. Each of those is refused here, and so is geometry a
-    stack of axial slices cannot represent.
+    stack of axial slices cannot represent, or that the headers do not give. ``spacing``
+    (x, y, z in mm) replaces the headers' pixel and slice spacing; where they give no
+    usable orientation or slice positions, the standard axial orientation and the
+    ``InstanceNumber`` order are taken instead of refusing.
 
     Raises:
         InputError: for another modality, missing rescale tags, a multi-frame image,
             slices of different sizes or orientations, a sagittal or coronal series,
-            duplicated, missing or unevenly spaced slices, or a gantry tilt.
+            duplicated, missing or unevenly spaced slices, or a gantry tilt; and, without
+            ``spacing``, for a missing or unusable PixelSpacing, ImageOrientationPatient
+            or ImagePositionPatient, or no slice spacing.
     """
     names = [f.name for f in series.files]
     _check_values(series, where, names)
-    pixel = _pixel_spacing(series.headers, where)  # (between rows, between columns)
-    row, column, normal, points = _axial_plane(series.headers, where)
-    order, step = _slice_order(points @ normal, names, series.headers, where)
-    if len(order) > 1:
-        step = _untilted_step(points[order[-1]] - points[order[0]], normal, pixel, where)
-        step /= len(order) - 1
+    pixel = _pixel_spacing(series.headers, where, spacing)  # (between rows, between columns)
+    row, column, normal, points = _axial_plane(series.headers, where, names,
+                                               spacing is not None)
+    along = None if points is None else points @ normal
+    if along is not None and (len(along) == 1 or np.ptp(along) >= TOLERANCE_MM):
+        order, step = _slice_order(along, names, series.headers, where, spacing)
+        if len(order) > 1:
+            step = _untilted_step(points[order[-1]] - points[order[0]], normal, pixel, where)
+            step /= len(order) - 1
+        origin = points[order[0]]
+    elif spacing is None:
+        raise InputError(
+            f"DICOM series {where} has all its {len(names)} slices at one "
+            "ImagePositionPatient, so its slice spacing (SliceThickness/ImagePositionPatient) "
+            f"is unknown: {SPACING_FIX}."
+        )
+    else:
+        order, step, origin = _listed_order(series.headers), 0.0, np.zeros(3)
+        if points is not None:
+            origin = points[order[0]]
+    if spacing is not None:
+        step = spacing[2]
     lps = np.eye(4)
     lps[:3, 0] = row * pixel[1]
     lps[:3, 1] = column * pixel[0]
     lps[:3, 2] = normal * step
-    lps[:3, 3] = points[order[0]]
+    lps[:3, 3] = origin
     return _Geometry(order, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)
+
+
+def _listed_order(headers: list[Any]) -> np.ndarray:
+    """Slices by ``InstanceNumber`` where every slice has a distinct one, else in file order."""
+    try:
+        numbers = [float(ds.get("InstanceNumber", None)) for ds in headers]
+    except (TypeError, ValueError):
+        return np.arange(len(headers))
+    if len(set(numbers)) < len(numbers) or not np.isfinite(numbers).all():
+        return np.arange(len(headers))
+    return np.argsort(numbers, kind="stable")
 
 
 def _check_values(series: Series, where: str, names: list[str]) -> None:
@@ -426,16 +475,31 @@ def _check_values(series: Series, where: str, names: list[str]) -> None:
         )
 
 
-def _pixel_spacing(headers: list[Any], where: str) -> np.ndarray:
-    """The one slice size and pixel spacing of the series (rows, columns), in mm."""
+def _pixel_spacing(headers: list[Any], where: str,
+                   spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+    """The one slice size and pixel spacing of the series (rows, columns), in mm; the
+    spacing is ``spacing``'s y and x where given."""
     sizes = {(int(ds.Rows), int(ds.Columns)) for ds in headers}
+    if spacing is not None:
+        if len(sizes) > 1:
+            raise InputError(
+                f"DICOM series {where} mixes slice sizes ({sorted(sizes)}): export one "
+                "uniform series."
+            )
+        return np.array([spacing[1], spacing[0]], dtype=float)
     pixel_spacings = [_floats(ds, "PixelSpacing", 2) for ds in headers]
-    spacings = {None if s is None else tuple(np.round(s, 4).tolist()) for s in pixel_spacings}
-    if None in spacings:
+    if any(s is None for s in pixel_spacings):
         raise InputError(
             f"DICOM series {where} has no PixelSpacing tag, so its pixel size is unknown: "
-            "export the series with its geometry tags."
+            f"{SPACING_FIX}."
         )
+    unusable = [s for s in pixel_spacings if not (np.isfinite(s).all() and (s > 0).all())]
+    if unusable:
+        raise InputError(
+            f"DICOM series {where} has PixelSpacing {_listed(unusable[0])} mm, which is no "
+            f"pixel size, so its geometry cannot be trusted: {SPACING_FIX}."
+        )
+    spacings = {tuple(np.round(s, 4).tolist()) for s in pixel_spacings}
     if len(sizes) > 1 or len(spacings) > 1:
         raise InputError(
             f"DICOM series {where} mixes slice sizes or pixel spacings "
@@ -444,18 +508,63 @@ def _pixel_spacing(headers: list[Any], where: str) -> np.ndarray:
     return pixel_spacings[0]
 
 
-def _axial_plane(headers: list[Any], where: str
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Row and column directions, slice normal (LPS) and slice positions of an axial series."""
+def _listed(values: np.ndarray) -> str:
+    return "\\".join(f"{v:g}" for v in values)
+
+
+def _orientation_problem(orientation: np.ndarray) -> str | None:
+    """Why an ``ImageOrientationPatient`` is no orientation: a clause, or None."""
+    if not np.isfinite(orientation).all():
+        return "that is not finite"
+    row, column = orientation[:3], orientation[3:]
+    lengths = np.array([np.linalg.norm(row), np.linalg.norm(column)])
+    if np.abs(lengths - 1.0).max() > DIRECTION_TOLERANCE:
+        return "with a direction that is not of unit length"
+    cosine = float(abs(row @ column)) / float(lengths.prod())
+    if cosine > DIRECTION_TOLERANCE:
+        angle = np.degrees(np.arccos(min(1.0, cosine)))
+        return f"whose row and column directions are {angle:.2f} degrees apart, not 90"
+    return None
+
+
+def _axial_plane(headers: list[Any], where: str, names: list[str], override: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Row and column directions, slice normal (LPS) and slice positions of an axial series.
+
+    With ``override`` (an explicit spacing), unusable orientations are taken as the
+    standard axial one and unusable positions as None, instead of refusing them."""
     orientations = [_floats(ds, "ImageOrientationPatient", 6) for ds in headers]
     positions = [_floats(ds, "ImagePositionPatient", 3) for ds in headers]
     if len(headers) == 1 and (orientations[0] is None or positions[0] is None):
-        orientations, positions = [np.array([1.0, 0, 0, 0, 1, 0])], [np.zeros(3)]
-    if any(o is None for o in orientations) or any(p is None for p in positions):
+        orientations, positions = [STANDARD_ORIENTATION], [np.zeros(3)]
+    missing = [tag for tag, values in (("ImagePositionPatient", positions),
+                                       ("ImageOrientationPatient", orientations))
+               if any(v is None for v in values)]
+    if missing and not override:
         raise InputError(
-            f"DICOM series {where} lacks ImagePositionPatient/ImageOrientationPatient, so its "
-            "slices cannot be ordered: export the series with its geometry tags."
+            f"DICOM series {where} lacks {'/'.join(missing)}, so its slices cannot be "
+            f"ordered and its geometry cannot be trusted: {SPACING_FIX}."
         )
+    problems = [(i, problem) for i, o in enumerate(orientations)
+                if o is not None and (problem := _orientation_problem(o)) is not None]
+    if problems and not override:
+        i, problem = problems[0]
+        raise InputError(
+            f"DICOM series {where} has an ImageOrientationPatient {problem} (in "
+            f"'{names[i]}': {_listed(orientations[i])}), so its "
+            f"geometry cannot be trusted: {SPACING_FIX}."
+        )
+    if problems or "ImageOrientationPatient" in missing:
+        orientations = [STANDARD_ORIENTATION] * len(headers)
+    if any(p is None or not np.isfinite(p).all() for p in positions):
+        if not override:
+            i = next(i for i, p in enumerate(positions) if not np.isfinite(p).all())
+            raise InputError(
+                f"DICOM series {where} has an ImagePositionPatient that is not finite (in "
+                f"'{names[i]}': {_listed(positions[i])}), so its "
+                f"geometry cannot be trusted: {SPACING_FIX}."
+            )
+        positions = None
     orientation = orientations[0]
     if any(np.abs(o - orientation).max() > 1e-4 for o in orientations):
         raise InputError(
@@ -471,10 +580,11 @@ def _axial_plane(headers: list[Any], where: str
             f"{tuple(np.round(normal, 2).tolist())} in LPS), but sparsect reconstructs axial "
             "slices: reformat the series to axial slices or give the axial series."
         )
-    return row, column, normal, np.stack(positions)
+    return row, column, normal, None if positions is None else np.stack(positions)
 
 
-def _slice_order(along: np.ndarray, names: list[str], headers: list[Any], where: str
+def _slice_order(along: np.ndarray, names: list[str], headers: list[Any], where: str,
+                 spacing: tuple[float, float, float] | None = None
                  ) -> tuple[np.ndarray, float]:
     """Slice order along the normal and the median step; refuses duplicated, missing or
     unevenly spaced slices."""
@@ -488,7 +598,12 @@ def _slice_order(along: np.ndarray, names: list[str], headers: list[Any], where:
             f"'{ordered[i + 1]}' lie at the same position {along[order][i]:.2f} mm): remove "
             "the duplicates."
         )
-    step = float(np.median(gaps)) if len(gaps) else _single_slice_spacing(headers[0])
+    if len(gaps):
+        step = float(np.median(gaps))
+    elif spacing is not None:
+        step = spacing[2]
+    else:
+        step = _single_slice_spacing(headers[0], where)
     if (np.abs(gaps - step) > 0.1 * step + TOLERANCE_MM).any():
         i = int(np.argmax(np.abs(gaps - step)))
         what = "is missing slices" if gaps[i] > 1.5 * step else "is unevenly spaced"
@@ -516,16 +631,24 @@ def _untilted_step(travel: np.ndarray, normal: np.ndarray, pixel: np.ndarray,
     return float(travel @ normal)
 
 
-def _single_slice_spacing(header: Any) -> float:
-    """The z size of a one-slice series: SpacingBetweenSlices, else SliceThickness, else 1."""
+def _single_slice_spacing(header: Any, where: str) -> float:
+    """The z size of a one-slice series: SpacingBetweenSlices, else SliceThickness.
+
+    Raises:
+        InputError: if neither is a positive size.
+    """
     for tag in ("SpacingBetweenSlices", "SliceThickness"):
         try:
             value = float(header.get(tag, None))
         except (TypeError, ValueError):
             continue
-        if value > 0:
+        if np.isfinite(value) and value > 0:
             return value
-    return 1.0
+    raise InputError(
+        f"DICOM series {where} is one slice without a positive SliceThickness or "
+        "SpacingBetweenSlices, so its slice spacing (SliceThickness/ImagePositionPatient) "
+        f"is unknown: {SPACING_FIX}."
+    )
 
 
 def _syntax_name(uid: str) -> str:
@@ -596,17 +719,20 @@ def _pixels(path: Path, header: Any) -> np.ndarray:
     return (stored.astype(np.float64) * slope + intercept).astype(np.float32)
 
 
-def read_series(root: Path, choice: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_series(root: Path, choice: str | None = None,
+                spacing: tuple[float, float, float] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """The CT volume of a DICOM file or series folder: ``(x, y, z)`` float32 HU (x along
     the columns of a slice, y along its rows, z along the slice normal) and its RAS+
-    affine (as ITK reads the same series).
+    affine (as ITK reads the same series); ``spacing`` (x, y, z in mm) replaces the
+    headers' spacing, as :func:`check_series` describes.
 
     Raises:
         InputError: as :func:`select_series`, :func:`check_series` and
             :func:`check_decodable`, or for a file whose pixels cannot be decoded.
     """
     series, where = select_series(root, choice)
-    geometry = check_series(series, where)
+    geometry = check_series(series, where, spacing)
     check_decodable(series, where)
     slices = [_pixels(series.files[i], series.headers[i]).T for i in geometry.order]
     return np.stack(slices, axis=-1), geometry.affine

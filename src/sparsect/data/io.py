@@ -12,12 +12,28 @@ Volumes are brought to canonical RAS+ orientation. An axial slice is then
 indexed ``[x, y]``; :func:`axial_slices` turns it into the radiological display
 convention used everywhere else in the package, ``[row, col]`` with anterior at
 the top and the patient's right on the left of the image.
+
+A header that gives no usable voxel spacing or orientation is refused, naming the
+field, rather than read with a guess: a NIfTI file without sform or qform (both codes
+0), with a zero, negative or non-finite ``pixdim`` under its qform, or with a
+non-finite, singular or sheared sform affine; a NRRD or MetaImage file that declares
+no spacing; any volume whose affine is so; and the DICOM geometry
+:func:`sparsect.data.dicom.check_series` refuses. An explicit voxel spacing
+(``spacing``: x, y, z in mm, :func:`load_subject` or :func:`spacing_override`) is
+taken instead of the header's: the header's orientation and origin are kept where
+they are usable, else the array is taken as already canonical (RAS+ for a volume
+file, the standard axial ``ImageOrientationPatient`` for DICOM).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
@@ -32,6 +48,15 @@ from sparsect.errors import InputError, reading
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 LABEL_SUFFIX = "_seg"
 AIR_HU = -1000.0
+ORTHOGONALITY_TOLERANCE = 1e-3
+"""Largest cosine between two voxel axes of an affine that is not sheared (0.06 degrees)."""
+SPACING_FIX = ("fix the header, or give the voxel spacing explicitly with `sparsect "
+               "reconstruct --spacing X Y Z` (mm)")
+"""What to do about a header without usable spacing or orientation."""
+
+Spacing = tuple[float, float, float]
+_OVERRIDE: ContextVar[tuple[Path, Spacing] | None] = ContextVar("spacing_override",
+                                                                default=None)
 
 
 def _strip_suffix(path: Path) -> tuple[str, str] | None:
@@ -201,35 +226,218 @@ def _by_subject(data_dir: Path) -> tuple[dict[str, ScanEntry], dict[str, Path]]:
     return files, label_files
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def check_spacing(spacing: Sequence[float]) -> Spacing:
+    """An explicit voxel spacing as three positive sizes (x, y, z) in mm.
+
+    Raises:
+        InputError: for anything else.
+    """
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"Voxel spacing {list(spacing)} is not three positive sizes in mm: "
+                         "give x, y and z, e.g. --spacing 0.8 0.8 2.5.")
+    return values  # type: ignore[return-value]
+
+
+@contextmanager
+def spacing_override(spacing: Sequence[float] | None, inputs: Path) -> Iterator[None]:
+    """Within the block, :func:`load_subject` takes ``spacing`` (x, y, z in mm) as the voxel
+    spacing of every scan at or under ``inputs`` (``sparsect reconstruct --spacing``);
+    ``None`` changes nothing.
+
+    Raises:
+        InputError: if ``spacing`` is not three positive sizes.
+    """
+    if spacing is None:
+        yield
+        return
+    token = _OVERRIDE.set((Path(inputs).resolve(), check_spacing(spacing)))
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def _override_for(path: Path) -> Spacing | None:
+    """The spacing :func:`spacing_override` gives the scan at ``path``, if any."""
+    override = _OVERRIDE.get()
+    if override is None:
+        return None
+    root, spacing = override
+    path = Path(path).resolve()
+    return spacing if path == root or root in path.parents else None
+
+
+def _untrusted(what: str, path: Path, problem: str, fix: str = SPACING_FIX) -> InputError:
+    return InputError(f"{what} '{path}' {problem}, so its voxel spacing and orientation "
+                      f"cannot be trusted: {fix}.")
+
+
+def _axes_problem(affine: np.ndarray, field: str) -> str | None:
+    """Why the affine (at least its top 3 x 4) gives no usable voxel spacing and
+    orientation, as a clause naming ``field``; None when it does: its entries must be
+    finite and its voxel axes (columns) of non-zero length, independent and orthogonal."""
+    matrix = np.asarray(affine, dtype=float)[:3, :3]
+    if not np.isfinite(np.asarray(affine, dtype=float)[:3, :4]).all():
+        return f"has non-finite values in its {field}"
+    norms = np.linalg.norm(matrix, axis=0)
+    scale = float(np.prod(norms))
+    if scale == 0.0 or abs(float(np.linalg.det(matrix))) <= 1e-6 * scale:
+        return (f"has a singular {field} (a voxel axis of zero length, or two axes along one "
+                "line)")
+    cosines = np.abs((matrix / norms).T @ (matrix / norms) - np.eye(3))
+    if cosines.max() > ORTHOGONALITY_TOLERANCE:
+        angle = math.degrees(math.acos(min(1.0, float(cosines.max()))))
+        return f"has a sheared {field} (two voxel axes meet at {angle:.2f} degrees, not 90)"
+    return None
+
+
+def _directions(affine: np.ndarray) -> np.ndarray | None:
+    """The unit voxel axes of ``affine``, or None where they are no usable orientation."""
+    if _axes_problem(affine, "affine") is not None:
+        return None
+    matrix = np.asarray(affine, dtype=float)[:3, :3]
+    return matrix / np.linalg.norm(matrix, axis=0)
+
+
+def _with_spacing(directions: np.ndarray | None, origin: np.ndarray, spacing: Spacing
+                  ) -> np.ndarray:
+    """The affine of voxel size ``spacing`` along ``directions`` (the canonical RAS+ axes
+    when None) from ``origin`` (0 where it is not finite)."""
+    affine = np.eye(4)
+    affine[:3, :3] = (np.eye(3) if directions is None else directions) * np.asarray(spacing)
+    origin = np.asarray(origin, dtype=float)
+    affine[:3, 3] = np.where(np.isfinite(origin), origin, 0.0)
+    return affine
+
+
+def respaced(affine: np.ndarray, spacing: Spacing) -> np.ndarray:
+    """``affine`` with voxel size ``spacing`` (x, y, z in mm): its orientation and origin are
+    kept where usable, else the array is taken as canonical RAS+ from the origin."""
+    return _with_spacing(_directions(affine), np.asarray(affine, dtype=float)[:3, 3], spacing)
+
+
+def _nifti_geometry(header: nib.Nifti1Header) -> tuple[str | None, np.ndarray | None,
+                                                       np.ndarray]:
+    """What a NIfTI header (as stored, before nibabel's fixes) says of its grid, as nibabel
+    reads it (the sform where ``sform_code`` > 0, else the qform where ``qform_code`` > 0):
+    why its spacing or orientation is unusable (a clause naming the field, None when
+    usable), the unit voxel axes where its orientation is usable, and its origin."""
+    if int(header["sform_code"]) > 0:
+        sform = header.get_sform()
+        return (_axes_problem(sform, "sform affine srow_x/srow_y/srow_z"),
+                _directions(sform), sform[:3, 3])
+    origin = np.array([header["qoffset_x"], header["qoffset_y"], header["qoffset_z"]], float)
+    if int(header["qform_code"]) <= 0:
+        return "has sform_code and qform_code 0 (no affine in its header)", None, origin
+    quaternion = np.array([header["quatern_b"], header["quatern_c"], header["quatern_d"]],
+                          dtype=float)
+    directions = None
+    if np.isfinite(quaternion).all() and float(quaternion @ quaternion) <= 1.0 + 1e-6:
+        directions = nib.quaternions.quat2mat(header.get_qform_quaternion())
+        if header["pixdim"][0] < 0:
+            directions[:, 2] *= -1.0
+    for axis, size in enumerate(header["pixdim"][1:4], start=1):
+        if not (math.isfinite(float(size)) and size > 0):
+            return f"has pixdim[{axis}] = {float(size):g} under its qform", directions, origin
+    if directions is None:
+        return ("has no rotation in its qform (quatern_b, quatern_c, quatern_d are not "
+                "finite or exceed a unit quaternion)", None, origin)
+    if not np.isfinite(origin).all():
+        return "has non-finite values in its qform offset (qoffset_x/y/z)", directions, origin
+    return None, directions, origin
+
+
+def _read_nifti(path: Path, what: str = "Scan", fix: str = SPACING_FIX,
+                spacing: Spacing | None = None) -> tuple[np.ndarray, np.ndarray]:
     """NIfTI through nibabel: unlike the ITK reader it keeps NaN voxels (so they can be
-    refused) and fails on a truncated file instead of returning zeros."""
-    image = nib.load(str(path))
+    refused) and fails on a truncated file instead of returning zeros. A header without
+    usable spacing or orientation is refused (``what`` and ``fix`` name the file and what
+    to do) unless ``spacing`` is given."""
+    with nib.imageglobals.LoggingOutputSuppressor(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the stored header is checked below
+        image = nib.load(str(path))
     if len(image.shape) < 3:
         # TorchIO would silently turn (x, y) into a one-slice volume of unknown z spacing
         raise InputError(
             f"Scan '{path}' is a 2D image of shape {tuple(image.shape)} but a 3D volume is "
             "expected: save it with a third axis (x, y, 1) or stack the slices into one volume."
         )
+    with nib.openers.ImageOpener(str(path)) as file:
+        stored = type(image.header).from_fileobj(file, check=False)
+    problem, directions, origin = _nifti_geometry(stored)
+    if spacing is not None:
+        affine = _with_spacing(directions, origin, spacing)
+    elif problem is not None:
+        raise _untrusted(what, path, problem, fix)
+    else:
+        affine = image.affine
     data = np.asarray(image.dataobj, dtype=np.float32)
     if data.ndim == 3:
         data = data[None]
     elif data.ndim == 4:
         data = np.moveaxis(data, -1, 0)
-    return data, image.affine
+    return data, affine
 
 
-def _image(cls: type[tio.Image], path: Path) -> tio.Image:
+_DECLARED_SPACING = {".nrrd": ("space directions", "spacings"),
+                     ".mha": ("ElementSpacing", "ElementSize"),
+                     ".mhd": ("ElementSpacing", "ElementSize")}
+"""Header fields that give the spacing of a NRRD or MetaImage file (ITK takes 1 mm
+without them)."""
+
+_AFFINE_FIELDS = {".nrrd": "space directions", ".mha": "ElementSpacing/TransformMatrix",
+                  ".mhd": "ElementSpacing/TransformMatrix"}
+"""The header fields behind the affine of a file ITK reads."""
+
+
+def _undeclared_spacing(path: Path) -> str | None:
+    """A clause naming the spacing field a NRRD or MetaImage header lacks; None for a
+    header that has one, or another format."""
+    fields = _DECLARED_SPACING.get(path.suffix.lower())
+    if fields is None or not path.is_file():
+        return None
+    with path.open("rb") as file:
+        head = file.read(1 << 16).replace(b"\r\n", b"\n")
+    if path.suffix.lower() == ".nrrd":
+        lines, separator = head.split(b"\n\n")[0].split(b"\n")[1:], b":"
+    else:
+        lines, separator = head.split(b"ElementDataFile")[0].split(b"\n"), b"="
+    keys = {line.split(separator)[0].strip().decode("latin-1").lower() for line in lines}
+    if any(field.lower() in keys for field in fields):
+        return None
+    return f"declares no {fields[0]} in its header (ITK would take 1 mm)"
+
+
+def _geometry(image: tio.Image, path: Path, what: str, fix: str = SPACING_FIX,
+              spacing: Spacing | None = None) -> tio.Image:
+    """A loaded image with its affine respaced to ``spacing``, or as read once its header
+    and affine give a usable spacing and orientation."""
+    if spacing is not None:
+        image.affine = respaced(image.affine, spacing)
+        return image
+    problem = _undeclared_spacing(path) or _axes_problem(
+        image.affine, _AFFINE_FIELDS.get(path.suffix.lower(), "affine"))
+    if problem is not None:
+        raise _untrusted(what, path, problem, fix)
+    return image
+
+
+def _image(cls: type[tio.Image], path: Path, what: str, fix: str = SPACING_FIX,
+           spacing: Spacing | None = None) -> tio.Image:
     if path.name.endswith((".nii", ".nii.gz")):
-        return cls(path, reader=_read_nifti)
+        return cls(path, reader=partial(_read_nifti, what=what, fix=fix, spacing=spacing))
     return cls(path)
 
 
-def _array_scan(entry: ScanEntry) -> tio.ScalarImage | None:
+def _array_scan(entry: ScanEntry, spacing: Spacing | None = None) -> tio.ScalarImage | None:
     """A DICOM or LoDoPaB scan, read here (these readers explain their own failures);
     ``None`` for a file that TorchIO reads."""
     if entry.scan.is_dir() or dicom.is_dicom_file(entry.scan):
-        volume, affine = dicom.read_series(entry.scan, entry.series)
+        volume, affine = dicom.read_series(entry.scan, entry.series, spacing)
     elif datasets.is_lodopab_file(entry.scan):
         volume, affine = datasets.read_lodopab(entry.scan)
     else:
@@ -237,29 +445,46 @@ def _array_scan(entry: ScanEntry) -> tio.ScalarImage | None:
     return tio.ScalarImage(tensor=torch.from_numpy(volume[None]), affine=affine)
 
 
-def _label_image(path: Path) -> tio.LabelMap:
+LABEL_FIX = "save it with the header of its scan"
+"""What to do about a label map whose header gives no usable spacing or orientation."""
+
+
+def _label_image(path: Path, spacing: Spacing | None) -> tio.LabelMap:
     if path.is_dir():
         labels, affine = datasets.combine_masks(path)
         return tio.LabelMap(tensor=torch.from_numpy(labels[None]), affine=affine)
-    return _image(tio.LabelMap, path)
+    return _image(tio.LabelMap, path, "Label map", LABEL_FIX, spacing)
 
 
-def load_subject(entry: ScanEntry) -> tio.Subject:
+def load_subject(entry: ScanEntry, spacing: Sequence[float] | None = None) -> tio.Subject:
     """Loads a scan (and its label map) as a canonical-orientation TorchIO subject.
 
+    ``spacing`` (x, y, z in mm; by default what :func:`spacing_override` gives the scan)
+    replaces the voxel spacing of the scan's header, whose orientation and origin are kept
+    where usable (else the array is taken as canonical, see the module's notes); a label
+    map then takes the scan's affine.
+
     Raises:
-        InputError: if a file cannot be read or is not a 3D volume.
+        InputError: if a file cannot be read or is not a 3D volume, or, without
+            ``spacing``, its header gives no usable voxel spacing or orientation.
     """
+    spacing = _override_for(entry.scan) if spacing is None else check_spacing(spacing)
     images: dict[str, tio.Image] = {}
-    scan = _array_scan(entry)
+    scan = _array_scan(entry, spacing)
     with reading(f"scan '{entry.scan}'",
                  "check that the file is complete and in a supported format"):
-        images["ct"] = scan if scan is not None else _image(tio.ScalarImage, entry.scan)
+        images["ct"] = scan if scan is not None else _image(tio.ScalarImage, entry.scan,
+                                                            "Scan", spacing=spacing)
         images["ct"].load()
+    images["ct"] = _geometry(images["ct"], entry.scan, "Scan", spacing=spacing)
     if entry.labels is not None:
         with reading(f"label map '{entry.labels}'", "check the file or remove it"):
-            images["labels"] = _label_image(entry.labels)
+            images["labels"] = _label_image(entry.labels, spacing)
             images["labels"].load()
+        if spacing is None:
+            _geometry(images["labels"], entry.labels, "Label map", LABEL_FIX)
+        else:
+            images["labels"].affine = images["ct"].affine
     subject = tio.Subject(**images)
     ct = subject["ct"]
     if ct.data.shape[0] != 1 or ct.data.ndim != 4:
