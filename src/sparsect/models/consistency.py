@@ -20,6 +20,13 @@ the network), and a step that would raise the residual is never chosen. The choi
 recorded in the checkpoint (``dc``) and applied wherever the model is (evaluate,
 external, ``sparsect reconstruct``).
 
+The validation floor is the phantoms' and a real scan's own floor can lie well above it
+(more noise behind a larger body): fitting down to the phantoms' floor then fits that
+scan's noise. :func:`conjugate_gradient_to_floor` stops each slice at its own floor,
+estimated from its measurements without a reference
+(:func:`sparsect.physics.noisefloor.residual_floor`); the recorded ``steps`` are then the
+most it takes and ``lambda`` stays the recorded one.
+
 Everything runs in the network's units, ``x = HU / 1000`` and ``y`` with ``A x = y``
 (:meth:`sparsect.models.module.ReconModule.sinogram_units`).
 """
@@ -76,6 +83,36 @@ def conjugate_gradient(x_net: torch.Tensor, y: torch.Tensor, operator: Any, lam:
         p = r + (rr_next / rr.clamp_min(torch.finfo(x.dtype).tiny)) * p
         rr = rr_next
     return out
+
+
+def conjugate_gradient_to_floor(x_net: torch.Tensor, y: torch.Tensor, operator: Any,
+                                lam: float, steps: int, floor: torch.Tensor,
+                                offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`conjugate_gradient` that stops each slice at its own residual floor.
+
+    Each slice keeps the first iterate (step 0, the network's image, included) whose
+    :func:`residual` is at most its ``floor``; a slice that never reaches it keeps the
+    last of ``steps``.
+
+    Args:
+        floor: ``(B,)`` each slice's floor (NaN: never reached, all ``steps``).
+        offset: the projection of the all-ones image (see :func:`residual`).
+
+    Returns:
+        ``((B, H, W) images, (B,) steps taken)``.
+    """
+    iterates = conjugate_gradient(x_net, y, operator, lam, steps, record=range(steps + 1))
+    floor = torch.as_tensor(floor, dtype=torch.float32).to(y.device)
+    taken = torch.full((len(x_net),), steps, dtype=torch.long)
+    out = iterates[steps].clone()
+    done = torch.zeros(len(x_net), dtype=torch.bool)
+    for step in range(steps + 1):
+        x = iterates[step]
+        reached = (residual(x.to(y.device), y, operator, offset) <= floor).cpu() & ~done
+        out[reached] = x[reached]
+        taken[reached] = step
+        done |= reached
+    return out, taken
 
 
 def residual(x: torch.Tensor, y: torch.Tensor, operator: Any, offset: torch.Tensor

@@ -30,7 +30,7 @@ import torch
 
 from sparsect.data.datamodule import neighbour_table
 from sparsect.errors import InputError
-from sparsect.models.consistency import conjugate_gradient
+from sparsect.models.consistency import conjugate_gradient, conjugate_gradient_to_floor
 from sparsect.models.module import ReconModule
 from sparsect.priors.masks import one_hot, tissue_masks_from_hu
 from sparsect.priors.organs import scan_prior
@@ -91,7 +91,8 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
             mirror_average: bool = MIRROR_AVERAGE,
             slices: np.ndarray | list[int] | None = None,
             data_consistency: bool = False, prior_scan: np.ndarray | None = None,
-            prior_organs: np.ndarray | None = None) -> Prediction:
+            prior_organs: np.ndarray | None = None,
+            dc_floor: np.ndarray | str | None = None) -> Prediction:
     """Runs ``module`` on ``(N, H, W)`` FBP slices in HU.
 
     Args:
@@ -113,6 +114,11 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
             model's checkpoint records (``Prediction.consistent``).
         prior_scan, prior_organs: ``(N, H, W)`` the earlier scan registered to the slices
             (HU) and its organ classes, for ``prior: scan`` models only.
+        dc_floor: stop the data-consistency step of each slice at its own residual floor
+            (:func:`~sparsect.models.consistency.conjugate_gradient_to_floor`, the
+            recorded ``steps`` at most): ``"scan"`` estimates the floors from the
+            sinograms (:func:`dc_floors`), an array gives them (``(len(slices),)``);
+            None: the recorded step count for every slice.
     """
     fbp_hu = np.asarray(fbp_hu, np.float32)
     if fbp_hu.ndim != 3:
@@ -138,6 +144,12 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
     if reads_scan and not (np.shape(prior_scan) == np.shape(prior_organs) == fbp_hu.shape):
         raise ValueError(f"the prior scan {np.shape(prior_scan)} and its organ map "
                          f"{np.shape(prior_organs)} must match the FBP {fbp_hu.shape}")
+    if data_consistency and isinstance(dc_floor, str):
+        if dc_floor != "scan":
+            raise ValueError(f"dc_floor must be 'scan', an array or None, got {dc_floor!r}")
+        dc_floor = dc_floors(module, np.asarray(sinogram)[picks])
+    if dc_floor is not None and len(dc_floor) != len(picks):
+        raise ValueError(f"{len(dc_floor)} floors for {len(picks)} slices")
     images, classes, consistent = [], [], []
     for start in range(0, len(picks), batch_size):
         rows = picks[start:start + batch_size]
@@ -166,11 +178,34 @@ def predict(module: ReconModule, fbp_hu: np.ndarray, *, index: list | None = Non
             if steps == 0:  # the network was already at the noise floor on validation
                 consistent.append(images[-1])
                 continue
-            iterates = conjugate_gradient(recon[:, 0] / scale, module.sinogram_units(measured),
-                                          module.operator(), float(settings["lambda"]), steps)
-            consistent.append((iterates[steps] * scale).cpu().numpy())
+            y = module.sinogram_units(measured)
+            if dc_floor is not None:
+                operator = module.operator()
+                ones = torch.ones(1, *operator.geometry.image_shape, device=y.device)
+                image, _ = conjugate_gradient_to_floor(
+                    recon[:, 0] / scale, y, operator, float(settings["lambda"]), steps,
+                    torch.as_tensor(np.asarray(dc_floor)[start:start + batch_size]),
+                    operator.forward(ones))
+            else:
+                image = conjugate_gradient(recon[:, 0] / scale, y, module.operator(),
+                                           float(settings["lambda"]), steps)[steps]
+            consistent.append((image * scale).cpu().numpy())
     return Prediction(np.concatenate(images), np.concatenate(classes) if classes else None,
                       np.concatenate(consistent) if consistent else None)
+
+
+def dc_floors(module: ReconModule, sinogram: np.ndarray) -> np.ndarray:
+    """Each slice's residual floor (:func:`sparsect.physics.noisefloor.residual_floor`:
+    noise from the sinogram's own air bins, the model's recorded ``I0`` where a stack has
+    too few, and the mismatch of the recorded simulation grid)."""
+    from sparsect.physics.geometry import Geometry
+    from sparsect.physics.noisefloor import residual_floor
+
+    noise = dict(module.hparams.get("noise") or {})
+    upsample = int(dict(module.hparams.get("acquisition") or {}).get("upsample", 2))
+    geometry = Geometry.from_dict(dict(module.hparams.geometry))
+    return residual_floor(np.asarray(sinogram, np.float32), geometry, upsample=upsample,
+                          fallback_i0=noise.get("i0")).floor
 
 
 def _check_measurements(module: ReconModule, sinogram: np.ndarray | None, geometry: Any,
