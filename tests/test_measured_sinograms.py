@@ -100,3 +100,31 @@ def test_a_model_reads_a_scan_rebinned_onto_its_detector(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "recon.geometry.json").read_text())
     assert record["rebinned_to"] == GEOMETRY.to_dict()
     assert nib.load(tmp_path / "recon.nii.gz").shape[:2] == (32, 32)
+
+
+def test_dc_on_measured_counts_stops_at_their_poisson_floor(tmp_path, monkeypatch):
+    """With counts, +dc's floor comes from the counts (recorded per slice): its noise part
+    scales as 1 / sqrt(I0), its mismatch part (the grid's) does not change."""
+    monkeypatch.chdir(tmp_path)
+    floors = {}
+    for i0 in (2e4, 2e6):
+        folder = tmp_path / f"i0_{i0:g}"
+        folder.mkdir()
+        line = ellipse_sinogram(body_phantom(GEOMETRY.image_size * GEOMETRY.pixel_size_mm),
+                                GEOMETRY)
+        noisy = NoiseModel(i0=i0).apply(np.stack([line, line]).astype(np.float32),
+                                        np.random.default_rng(5))
+        np.save(folder / "scan.npy", np.round(i0 * np.exp(-noisy)))
+        (folder / "scan.json").write_text(json.dumps(
+            {"geometry": GEOMETRY.to_dict(), "values": "counts", "flat_field": i0}))
+        model = checkpoint(folder / "m.ckpt", dc={"lambda": 0.1, "steps": 3})
+        assert main(["reconstruct", str(folder / "scan.npy"), "-o",
+                     str(folder / "recon.nii.gz"), *PARAMS, "--model", str(model),
+                     "--dc"]) == 0
+        record = json.loads((folder / "recon.geometry.json").read_text())
+        assert record["dc_floor"]["source"] == "counts"
+        floors[i0] = {part: np.array(record["dc_floor"][part])
+                      for part in ("floor", "noise", "mismatch")}
+        assert floors[i0]["floor"].shape == (2,) and np.isfinite(floors[i0]["floor"]).all()
+    np.testing.assert_allclose(floors[2e4]["noise"] / floors[2e6]["noise"], 10.0, rtol=0.1)
+    np.testing.assert_allclose(floors[2e4]["mismatch"], floors[2e6]["mismatch"], rtol=0.1)

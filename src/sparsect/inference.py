@@ -67,6 +67,7 @@ from sparsect.methods.prior import PriorCase, PriorImage
 from sparsect.physics import Geometry
 from sparsect.physics.acquisition import Acquisition, scan_key
 from sparsect.physics.measured import read_measurement
+from sparsect.physics.noisefloor import residual_floor
 from sparsect.physics.rebin import rebin_to
 from sparsect.priors.labels import label_table
 from sparsect.priors.register import register_label_map
@@ -286,7 +287,18 @@ def _reconstruct_measurement(recon: Reconstructor, item: Path, output: Path) -> 
             record["rebinned_to"] = geometry.to_dict()
         else:
             record["rebinned_to"] = None
-        volume = recon.from_sinograms(sinograms)
+        applied = recon.applied
+        if (isinstance(applied, Learned) and applied.data_consistency
+                and measurement.counts is not None and record["rebinned_to"] is None):
+            # measured counts give each slice's noise exactly (Poisson): +dc stops there
+            floor = residual_floor(sinograms, geometry, counts=measurement.counts[0],
+                                   upsample=recon.acquisition.upsample)
+            applied = dataclasses.replace(applied, dc_floor=floor.floor)
+            record["dc_floor"] = {"source": "counts", **{
+                part: [float(v) for v in getattr(floor, part)]
+                for part in ("floor", "noise", "mismatch")}}
+        case = PriorCase(recon.acquisition.fbp(sinograms), sinograms, recon.acquisition)
+        volume = applied.apply(case)[recon.output].images
     px = geometry.pixel_size_mm
     sidecar = geometry_sidecar(output)
     atomic_write_json(sidecar, record)

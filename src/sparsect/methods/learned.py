@@ -36,6 +36,11 @@ class Learned:
         mirror_average: Average with the mirrored slices' output
             (:data:`~sparsect.models.predict.MIRROR_AVERAGE`); a benchmark that reproduces
             published single-pass numbers turns it off.
+        dc_floor: Where the data-consistency step stops: ``"scan"`` (each slice at its own
+            residual floor, estimated from its sinogram: noise and model mismatch,
+            :func:`~sparsect.physics.noisefloor.residual_floor`), an array of floors (e.g.
+            from measured counts), or None (the recorded step count for every slice, the
+            rule before the per-scan floor, kept for comparison).
     """
 
     name: str
@@ -44,6 +49,7 @@ class Learned:
     label: dict[str, Any] | None = None
     batch_size: int = BATCH_SIZE
     mirror_average: bool = MIRROR_AVERAGE
+    dc_floor: Any = "scan"
 
     def __post_init__(self) -> None:
         if self.data_consistency and not self.dc:
@@ -92,10 +98,13 @@ class Learned:
             sinogram=case.sinograms if self.reads_sinogram else None,
             geometry=None if case.acquisition is None else case.acquisition.geometry,
             slices=case.slices, batch_size=self.batch_size, mirror_average=self.mirror_average,
-            data_consistency=self.data_consistency, **scan)
+            data_consistency=self.data_consistency,
+            dc_floor=self.dc_floor if self.data_consistency else None, **scan)
         label = dict(self.label or {})
         out = {self.name: Output(prediction.images, label, prediction.classes)}
         if prediction.consistent is not None:
+            floor = self.dc_floor if isinstance(self.dc_floor, str | None) else "given"
             out[self.name + DC_SUFFIX] = Output(prediction.consistent,
-                                                {**label, "data_consistency": self.dc})
+                                                {**label, "data_consistency": self.dc,
+                                                 "dc_floor": floor})
         return out
