@@ -212,8 +212,8 @@ def _export(args: argparse.Namespace) -> object:
 
 
 def _options(pairs: list[str]) -> dict[str, object] | None:
-    """``--option KEY=VALUE`` pairs as settings (values read as YAML: numbers stay numbers);
-    None when none is given."""
+    """``--option KEY=VALUE`` pairs as settings (values read as YAML: numbers stay numbers,
+    and so does ``1e-3``, which YAML 1.1 would keep as text); None when none is given."""
     import yaml
 
     if not pairs:
@@ -224,7 +224,13 @@ def _options(pairs: list[str]) -> dict[str, object] | None:
         if not sep or not key:
             raise InputError(f"--option '{pair}' is not KEY=VALUE: write e.g. --option "
                              "iterations=100.")
-        options[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        options[key] = parsed
     return options
 
 

@@ -22,10 +22,12 @@ external, ``sparsect reconstruct``).
 
 The validation floor is the phantoms' and a real scan's own floor can lie well above it
 (more noise behind a larger body): fitting down to the phantoms' floor then fits that
-scan's noise. :func:`conjugate_gradient_to_floor` stops each slice at its own floor,
-estimated from its measurements without a reference
-(:func:`sparsect.physics.noisefloor.residual_floor`); the recorded ``steps`` are then the
-most it takes and ``lambda`` stays the recorded one.
+scan's noise. So wherever ``+dc`` is applied (:class:`~sparsect.methods.learned.Learned`,
+``dc_floor="scan"``), :func:`conjugate_gradient_to_floor` stops each slice at its own
+floor, estimated from its measurements without a reference
+(:func:`sparsect.physics.noisefloor.residual_floor`; from the counts where measured counts
+are given); the recorded ``steps`` are then the most it takes and ``lambda`` stays the
+recorded one.
 
 Everything runs in the network's units, ``x = HU / 1000`` and ``y`` with ``A x = y``
 (:meth:`sparsect.models.module.ReconModule.sinogram_units`).

@@ -290,33 +290,58 @@ def discrepancy_choice(residuals: np.ndarray, floor: np.ndarray) -> np.ndarray:
 
 
 def tv_by_discrepancy(sinograms: np.ndarray, geometry: Geometry, floor: np.ndarray,
-                      weights: list[float], iterations: int, device: str = "cpu"
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """TV (:func:`sparsect.physics.iterative.tv`, from the ram-lak FBP) with each slice's
-    weight chosen by the discrepancy principle against its own floor: the largest of
-    ``weights`` whose residual ``||A x - y|| / ||y||`` is at most the floor.
+                      weights: list[float] | tuple[float, ...], iterations: int,
+                      device: str = "cpu", *, max_mib: float | None = None, workers: int = 1,
+                      nonnegative: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """TV (:func:`sparsect.physics.reconstruct.reconstruct_stack`, from the ram-lak FBP)
+    with each slice's weight chosen by the discrepancy principle against its own floor:
+    the largest of ``weights`` whose residual ``||A x - y|| / ||y||`` is at most the floor
+    (:func:`discrepancy_choice`; the smallest where none is).
+
+    Every weight runs as ``reconstruct_stack("tv", ..., weight=w)`` would alone (the same
+    batching, ``max_mib`` fallback and images), and only the slices' current choices are
+    kept, so memory stays at two stacks whatever the grid. The residual's ``A`` is the CPU
+    projector's (``evaluate``'s residual metric, which the floor estimates).
+
+    Args:
+        sinograms: ``(N, views, bins)`` line integrals.
+        geometry: The reconstruction's geometry.
+        floor: ``(N,)`` the slices' floors (:func:`residual_floor`; NaN: the smallest weight).
+        weights: The grid (any order; run from the smallest up).
+        iterations: TV iterations per weight.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for the TV runs.
+        max_mib: Memory allowed to the torch operator (None: the default).
+        workers: Processes for the slice-by-slice fallback.
+        nonnegative: TV's ``x >= 0``.
 
     Returns:
-        ``(images_mu, weight)``: ``(N, H, W)`` in 1/mm and ``(N,)`` the weights chosen.
+        ``(images_mu, weight)``: ``(N, H, W)`` float32 in 1/mm and ``(N,)`` the weights chosen.
     """
-    import torch
-
-    from .iterative import tv
-    from .operator import ct_operator
+    from .reconstruct import DEFAULT_MAX_MIB, reconstruct_stack
 
     y = _stack(sinograms).astype(np.float32)
-    order = sorted(float(w) for w in weights)
-    op = ct_operator(geometry, device)
-    with Projector(geometry, device) as projector:
-        initial = np.stack([projector.fbp(s) for s in y])
-    images, residuals = [], []
-    with torch.no_grad():
-        b = torch.from_numpy(y).to(op.device)
-        for weight in order:
-            x = tv(op, b, torch.from_numpy(initial).to(op.device), iterations, weight)[iterations]
-            diff = (op.forward(x) - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)
-            images.append(x.cpu().numpy())
-            residuals.append(diff.cpu().numpy())
-    pick = discrepancy_choice(np.stack(residuals), floor)
-    chosen = np.stack([images[k][n] for n, k in enumerate(pick)])
+    floor = np.asarray(floor, np.float64).reshape(-1)
+    if floor.shape != (len(y),):
+        raise ValueError(f"{floor.size} floors for {len(y)} sinograms")
+    order = sorted({float(w) for w in weights})
+    if not order:
+        raise ValueError("tv_by_discrepancy needs at least one weight")
+    norms = np.linalg.norm(y.reshape(len(y), -1).astype(np.float64), axis=1)
+    chosen = np.empty((0,), np.float32)
+    pick = np.zeros(len(y), int)
+    with Projector(geometry, "cpu") as projector:
+        for k, weight in enumerate(order):
+            images = reconstruct_stack("tv", geometry, y, device=device,
+                                       max_mib=DEFAULT_MAX_MIB if max_mib is None else max_mib,
+                                       workers=workers, iterations=iterations, weight=weight,
+                                       nonnegative=nonnegative)
+            if k == 0:
+                chosen = images
+                continue
+            diff = np.stack([projector.forward(image) for image in images]) - y
+            with np.errstate(divide="ignore", invalid="ignore"):
+                residual = np.linalg.norm(diff.reshape(len(y), -1), axis=1) / norms
+            # The last weight whose residual reaches the floor wins (discrepancy_choice).
+            reached = residual <= floor
+            chosen[reached], pick[reached] = images[reached], k
     return chosen, np.asarray(order)[pick]

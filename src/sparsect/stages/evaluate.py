@@ -14,7 +14,8 @@ Every method is scored on the same test slices:
 
 Every model whose checkpoint records a data-consistency step (chosen on validation
 after training, :mod:`sparsect.models.consistency`) is also scored after it, as
-``<model>+dc``.
+``<model>+dc``: each slice's step stops at that slice's own residual floor, estimated
+from its sinogram (:mod:`sparsect.physics.noisefloor`).
 
 The oracle, if trained, is marked ``upper_bound``: it reads full-dose masks.
 """

@@ -15,7 +15,9 @@ on them, as ``evaluate`` does:
 - per tissue region where the scan has a label map;
 - the data-consistency residual ``||A x - y|| / ||y||``, and the reference's own;
 - every model after its data-consistency step too (``<model>+dc``), where its
-  checkpoint records one;
+  checkpoint records one, stopped at each slice's own residual floor (estimated from
+  its sinogram, :mod:`sparsect.physics.noisefloor`; the phantoms' floor lies below the
+  real scans');
 - the noise of the reference (:func:`~sparsect.evaluation.statistics.reference_noise_sd`):
   a real reference is a noisy image, which caps every method's PSNR and penalises
   denoising; it is stated beside every result;
