@@ -32,6 +32,7 @@ from scipy import ndimage
 from sparsect.data.io import find_scans
 from sparsect.evaluation.metrics import psnr_hu
 from sparsect.evaluation.statistics import per_slice_region_metrics
+from sparsect.methods.classical import DISCREPANCY_WEIGHTS
 from sparsect.models.checkpoint import load_module
 from sparsect.models.predict import predict
 from sparsect.physics import NoiseModel, mu_to_hu
@@ -192,8 +193,7 @@ def consistency(repo: Path, scans: list, lines: list[str]) -> None:
 
 
 def total_variation(repo: Path, scans: list, lines: list[str]) -> None:
-    cfg = OmegaConf.load(repo / "params.yaml")
-    grid = [float(w) for w in cfg.tuning.grid.tv.weight]
+    grid = list(DISCREPANCY_WEIGHTS)  # what `tv` with weight=discrepancy chooses from
     lines += ["## 4. TV on the real scans: validation-chosen weight vs per-slice discrepancy",
               "", f"I0 1e5; iterations as chosen on validation; weight grid {grid}; "
               "the per-slice rule takes the largest weight whose residual is at most the "
