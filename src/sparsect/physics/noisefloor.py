@@ -65,7 +65,11 @@ AIR_LEVEL = 0.05
 """Line integral (about 2.6 mm of water) below which a bin's smoothed value counts as air."""
 
 AIR_MARGIN = 3
-"""Bins next to the object's shadow left out of the air (its edge's curvature)."""
+"""Bins next to the object's shadow left out of the air (its edge's curvature).
+
+Both chosen on the phantom validation split: from every bin the edges' and the texture's
+curvature dominate and the estimated ``I0`` came out 0.24 (``I0`` 1e6) and 0.53 (1e5) of
+the true one; from the air bins so defined it is within a few percent of it."""
 
 
 @dataclass
