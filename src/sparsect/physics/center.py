@@ -99,7 +99,7 @@ def conjugate_mismatch(data: np.ndarray, geometry: Geometry) -> float:
     step = 2.0 * math.pi / views
     if geometry.beam == "parallel":
         u = geometry.bin_positions_mm() - geometry.axis_offset_mm
-        conj_beta = beta + math.pi + 0.0 * u[None, :]
+        conj_beta = np.broadcast_to(beta + math.pi, (views, bins))
         target = -u
     else:
         gamma = geometry.bin_fan_angles()[None, :]

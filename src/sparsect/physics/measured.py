@@ -255,18 +255,3 @@ def read_measurement(path: Path) -> Measurement:
                                  "axis_offset_mm": float(geometry.axis_offset_mm)}
     record["geometry"] = geometry.to_dict()
     return Measurement(sinograms, geometry, record, counts)
-
-
-def read_sinogram(path: Path, geometry: Geometry) -> np.ndarray:
-    """Line integrals ``(slices, views, detectors)`` of sinogram ``path`` measured with
-    exactly ``geometry`` (:func:`read_measurement`).
-
-    Raises:
-        InputError: as :func:`read_measurement`, and for a geometry other than ``geometry``.
-    """
-    measurement = read_measurement(path)
-    if measurement.geometry != geometry:
-        raise InputError(f"Sinogram '{path}' was measured with geometry "
-                         f"{measurement.geometry.to_dict()} but {geometry.to_dict()} is "
-                         "needed here: give a sinogram of that geometry.")
-    return measurement.sinograms

@@ -43,7 +43,9 @@ import numpy as np
 from scipy import ndimage
 
 from .geometry import Geometry
+from .noise import COUNT_FLOOR
 from .projector import Projector
+from .simulate import fine_grid
 
 CHI2_MEDIAN = 0.454936
 """Median of a chi-square variable with one degree of freedom."""
@@ -176,14 +178,8 @@ def poisson_energy(counts: np.ndarray) -> np.ndarray:
     """``sum 1 / I`` per slice: the expected ``||n||^2`` of the line integrals of counts
     ``I`` (``(N, views, bins)``; zero or negative counts count as 0.1 photon, as
     :data:`~sparsect.physics.noise.COUNT_FLOOR`)."""
-    counts = np.maximum(_stack(counts), 0.1)
+    counts = np.maximum(_stack(counts), COUNT_FLOOR)
     return (1.0 / counts).reshape(len(counts), -1).sum(1)
-
-
-def _fine_mu(mu: np.ndarray, upsample: int) -> np.ndarray:
-    if upsample == 1:
-        return mu
-    return np.maximum(ndimage.zoom(mu, upsample, order=1, grid_mode=True, mode="nearest"), 0.0)
 
 
 def mismatch_kernels(geometry: Geometry, images_mu: np.ndarray, upsample: int = 2,
@@ -200,7 +196,7 @@ def mismatch_kernels(geometry: Geometry, images_mu: np.ndarray, upsample: int = 
     with Projector(geometry, device) as coarse, \
             Projector(geometry.upsampled(upsample), device) as fine:
         target = np.stack([coarse.forward(image.astype(np.float32)) for image in images])
-        source = np.stack([fine.forward(_fine_mu(image, upsample).astype(np.float32))
+        source = np.stack([fine.forward(fine_grid(image, upsample).astype(np.float32))
                            for image in images])
     shifted = _shifted(source, half_width)
     kernels = np.zeros((geometry.views, 2 * half_width + 1))
@@ -254,7 +250,7 @@ def residual_floor(sinograms: np.ndarray, geometry: Geometry, *, counts: np.ndar
     norms = np.linalg.norm(y.reshape(len(y), -1), axis=1)
     e = np.exp(np.clip(y, -1.0, 30.0))
     if counts is not None:
-        counts = np.maximum(_stack(counts), 0.1)
+        counts = np.maximum(_stack(counts), COUNT_FLOOR)
         if counts.shape != y.shape:
             raise ValueError(f"counts {counts.shape} do not match the sinograms {y.shape}")
         variance = 1.0 / counts

@@ -16,11 +16,11 @@ is interpolated across views:
 
 The interpolation: each view is upsampled 4 times by zero-padded FFT (the band-limited,
 sinc interpolation of its samples), and the upsampled row is read at the new positions by
-a not-a-knot cubic spline; zero outside the measured bins. For data band-limited below
-the detector's Nyquist frequency this is exact to well under 0.1 % (a Gaussian system
-blur of one bin: ``tests/physics/test_physics_measured_geometry.py``); sharp edges sampled
-without blur are aliased, and their interpolation phase shows as it would in any
-resampling (stated in ``docs``/README with the figures).
+a not-a-knot cubic spline; zero outside the measured bins. For nearly band-limited data
+(smooth-edged ellipses) the rebinned sinogram is within 0.03 % of the one measured on
+the new detector and its FBP within 0.9 HU body RMSE; sharp edges sampled without blur
+are aliased and differ by 1 % and 45 to 50 HU, as in any resampling (README, "Measured
+sinograms").
 """
 
 from __future__ import annotations

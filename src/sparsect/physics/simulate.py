@@ -31,15 +31,21 @@ def _projector(cache: ProjectorCache, geometry: Geometry, device: str) -> Projec
     return cache[key]
 
 
-def _fine_mu(hu: np.ndarray, upsample: int) -> np.ndarray:
-    # Air (-1000 HU) and anything below it are 0 attenuation, never negative.
-    mu = np.maximum(hu_to_mu(np.asarray(hu, np.float32)), 0.0)
+def fine_grid(mu: np.ndarray, upsample: int) -> np.ndarray:
+    """``mu`` (>= 0) on the simulation grid, ``upsample`` times finer over the same field of
+    view: what the data are projected from (also the mismatch model of
+    :mod:`sparsect.physics.noisefloor`)."""
     if upsample == 1:
         return mu
     # grid_mode=True zooms pixel areas (the finer grid spans exactly the same field
     # of view); order=1 cannot overshoot, the clip is for safety.
     fine = ndimage.zoom(mu, upsample, order=1, grid_mode=True, mode="nearest")
     return np.maximum(fine, 0.0)
+
+
+def _fine_mu(hu: np.ndarray, upsample: int) -> np.ndarray:
+    # Air (-1000 HU) and anything below it are 0 attenuation, never negative.
+    return fine_grid(np.maximum(hu_to_mu(np.asarray(hu, np.float32)), 0.0), upsample)
 
 
 def simulate_slice(hu: np.ndarray, geometry: Geometry, noise: NoiseModel, seed: int,
