@@ -132,18 +132,15 @@ def _checkpoints(cfg: DictConfig, cohort_dir: Path, segmenter_dir: Path, prepare
 
     spec = cfg.followup.endpoint
     views, seeds = int(spec.views), [int(s) for s in spec.seeds]
-    prior_dir = Path(work_dir) / "model"
-    if not (prior_dir / "seeds.json").is_file():
-        followup_train(cfg, cohort_dir, segmenter_dir, views, prior_dir, seeds,
-                       [str(spec.model)])
-    every = read_json(prior_dir / "seeds.json")
-    model = {int(info["seed"]): prior_dir / info["checkpoint"] for info in every.values()}
-    control_dir = Path(work_dir) / "control"
-    if not (control_dir / "seeds.json").is_file():
-        followup_train(cfg, cohort_dir, segmenter_dir, views, control_dir, seeds,
-                       [str(spec.comparator)])
-    every = read_json(control_dir / "seeds.json")
-    control = {int(info["seed"]): control_dir / info["checkpoint"] for info in every.values()}
+    def on_pairs(folder: Path, variant: str) -> dict[int, Path]:
+        """``variant`` trained on the follow-up pairs, a checkpoint per seed in ``folder``."""
+        if not (folder / "seeds.json").is_file():
+            followup_train(cfg, cohort_dir, segmenter_dir, views, folder, seeds, [variant])
+        return {int(info["seed"]): folder / info["checkpoint"]
+                for info in read_json(folder / "seeds.json").values()}
+
+    model = on_pairs(Path(work_dir) / "model", str(spec.model))
+    control = on_pairs(Path(work_dir) / "control", str(spec.comparator))
     comparator: dict[int, Path] = {}
     name = str(spec.comparator)
     for seed in seeds:
