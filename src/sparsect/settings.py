@@ -9,6 +9,7 @@ its module and data from those (:func:`sparsect.stages.train.module_from_cfg`).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -66,11 +67,23 @@ def acquisition_from_cfg(cfg: DictConfig, views: int | None = None,
                            filter=str(cfg.physics.filter),
                            hu_clip=tuple(float(v) for v in cfg.data.hu_clip),
                            seed=int(cfg.seed),
-                           device=str(device if device is not None else cfg.physics.device))
+                           device=str(device if device is not None else cfg.physics.device),
+                           input_parallel_views=_input_parallel_views(cfg))
     except ValueError as error:
+        if "input_parallel_views" in str(error):
+            raise InputError(f"Invalid physics.{error}") from None
         raise InputError(f"Invalid physics setting ({str(error).rstrip('.')}): set "
                          "physics.upsample to an integer >= 1 and physics.filter to a known "
                          "FBP filter.") from None
+
+
+def _input_parallel_views(cfg: DictConfig) -> Any:
+    """``physics.input_parallel_views`` as given (null when absent: configs written before
+    it), checked by :class:`Acquisition`; a whole number written as a float is taken."""
+    value = cfg.physics.get("input_parallel_views")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def workers_from_cfg(cfg: DictConfig, workers: int | None = None) -> int:

@@ -34,9 +34,7 @@ from tqdm import tqdm
 from .filters import check_filter
 from .geometry import Geometry
 from .noise import NoiseModel
-from .reconstruct import reconstruct_stack
-from .simulate import Simulator
-from .units import mu_to_hu
+from .simulate import Simulator, input_fbp
 
 SINOGRAM_UNITS = ("attenuation", "linear")
 """What a sinogram holds: line integrals of ``mu`` in 1/mm (``attenuation``, as simulated
@@ -67,6 +65,9 @@ class Acquisition:
         seed: Base seed of the per-slice seed rule.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` for ASTRA and the torch operator.
         sinogram: What a sinogram holds (:data:`SINOGRAM_UNITS`).
+        input_parallel_views: Fan beam: the FBP methods read is made from the sinogram
+            rebinned onto a parallel-beam one of this many angles over 180 degrees
+            (:mod:`.fanrebin`); None: the fan-beam FBP itself.
 
     >>> g = Geometry("parallel", views=30, image_size=32, pixel_size_mm=2.0)
     >>> acquisition = Acquisition(g, NoiseModel(i0=1e5), device="cpu")
@@ -85,6 +86,7 @@ class Acquisition:
     seed: int = 0
     device: str = "auto"
     sinogram: str = "attenuation"
+    input_parallel_views: int | None = None
 
     def __post_init__(self) -> None:
         check_filter(self.filter)
@@ -93,6 +95,14 @@ class Acquisition:
         if self.sinogram not in SINOGRAM_UNITS:
             raise ValueError(f"acquisition.sinogram '{self.sinogram}' is unknown: use "
                              f"{' or '.join(SINOGRAM_UNITS)}.")
+        views = self.input_parallel_views
+        if views is not None:
+            if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+                raise ValueError(f"input_parallel_views must be a positive integer or null, "
+                                 f"got {views!r}.")
+            if self.geometry.beam != "fan":
+                raise ValueError(f"input_parallel_views ({views}) rebins fan-beam data; this "
+                                 f"geometry is {self.geometry.beam} beam, so set it to null.")
 
     # -- records ---------------------------------------------------------------------
 
@@ -103,6 +113,8 @@ class Acquisition:
                                "hu_clip": None if self.hu_clip is None else list(self.hu_clip)}
         if self.sinogram != "attenuation":
             out["sinogram"] = self.sinogram
+        if self.input_parallel_views is not None:
+            out["input_parallel_views"] = self.input_parallel_views
         return out
 
     @classmethod
@@ -114,12 +126,14 @@ class Acquisition:
         the checkpoints written before they were recorded."""
         acquisition = dict(acquisition or {})
         clip = acquisition.get("hu_clip")
+        parallel = acquisition.get("input_parallel_views")
         return cls(Geometry.from_dict(dict(geometry)), NoiseModel(**dict(noise or {})),
                    upsample=int(acquisition.get("upsample", 2)),
                    filter=str(acquisition.get("filter", "ram-lak")),
                    hu_clip=None if clip is None else (float(clip[0]), float(clip[1])),
                    seed=int(seed), device=device,
-                   sinogram=str(acquisition.get("sinogram", "attenuation")))
+                   sinogram=str(acquisition.get("sinogram", "attenuation")),
+                   input_parallel_views=None if parallel is None else int(parallel))
 
     @classmethod
     def of_module(cls, module: Any, seed: int = 0, device: str = "auto") -> Acquisition:
@@ -147,7 +161,8 @@ class Acquisition:
     def simulator(self) -> Simulator:
         """A one-process :class:`Simulator` of this acquisition (close it after use)."""
         return Simulator(self.geometry, self.noise, upsample=self.upsample,
-                         device=self.device, filter=self.filter)
+                         device=self.device, filter=self.filter,
+                         input_parallel_views=self.input_parallel_views)
 
     def simulate(self, hu: np.ndarray, keys: Sequence[Sequence[int]], workers: int = 1,
                  progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -191,14 +206,18 @@ class Acquisition:
 
     def fbp(self, sinograms: np.ndarray) -> np.ndarray:
         """``(N, views, detectors)`` line integrals -> ``(N, H, W)`` float32 FBP in HU with
-        this acquisition's filter (the image the learned methods read)."""
-        return mu_to_hu(reconstruct_stack("fbp", self.geometry, sinograms, device=self.device,
-                                          filter=self.filter))
+        this acquisition's filter (the image the learned methods read), through the
+        parallel-beam rebinning where ``input_parallel_views`` is set."""
+        return input_fbp(sinograms, self.geometry, self.filter, self.input_parallel_views,
+                         self.device)
 
     def describe(self) -> dict[str, Any]:
         """Geometry, noise and how the data were made, as ``simulate`` records them."""
-        return {"geometry": self.geometry.to_dict(), "noise": asdict(self.noise),
-                "upsample": self.upsample, "filter": self.filter}
+        out = {"geometry": self.geometry.to_dict(), "noise": asdict(self.noise),
+               "upsample": self.upsample, "filter": self.filter}
+        if self.input_parallel_views is not None:
+            out["input_parallel_views"] = self.input_parallel_views
+        return out
 
 
 def _init_worker(simulator: Simulator) -> None:

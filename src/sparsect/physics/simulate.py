@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .fanrebin import fan_to_parallel
 from .filters import check_filter
 from .geometry import Geometry
 from .noise import NoiseModel
 from .projector import Projector
+from .reconstruct import reconstruct_stack
 from .units import hu_to_mu, mu_to_hu
 
 ProjectorCache = MutableMapping[tuple[Geometry, str], Projector]
@@ -50,7 +52,8 @@ def _fine_mu(hu: np.ndarray, upsample: int) -> np.ndarray:
 
 def simulate_slice(hu: np.ndarray, geometry: Geometry, noise: NoiseModel, seed: int,
                    upsample: int = 2, device: str = "auto", filter: str = "ram-lak",  # noqa: A002
-                   projectors: ProjectorCache | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   projectors: ProjectorCache | None = None,
+                   input_parallel_views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Simulates one noisy acquisition of a slice and its FBP.
 
     Args:
@@ -65,6 +68,8 @@ def simulate_slice(hu: np.ndarray, geometry: Geometry, noise: NoiseModel, seed: 
         projectors: Optional cache ``{(geometry, device): Projector}`` to reuse
             ASTRA projectors across calls; the caller closes them. Without it the
             projectors are created and freed inside the call (slow for many slices).
+        input_parallel_views: Fan beam: the FBP is made from the sinogram rebinned onto
+            a parallel-beam one of this many angles (:func:`input_fbp`).
 
     Returns:
         ``(sinogram, fbp_hu)``: float32 ``(views, detector_count)`` noisy line
@@ -83,12 +88,28 @@ def simulate_slice(hu: np.ndarray, geometry: Geometry, noise: NoiseModel, seed: 
         coarse = _projector(cache, geometry, device)
         clean = fine.forward(_fine_mu(hu, upsample))
         sinogram = noise.apply(clean, np.random.default_rng(seed)).astype(np.float32)
-        fbp_hu = mu_to_hu(coarse.fbp(sinogram, filter=filter))
+        if input_parallel_views is None:
+            fbp_hu = mu_to_hu(coarse.fbp(sinogram, filter=filter))
+        else:
+            rebinned, parallel = fan_to_parallel(sinogram, geometry, input_parallel_views)
+            fbp_hu = mu_to_hu(_projector(cache, parallel, device).fbp(rebinned, filter=filter))
         return sinogram, fbp_hu.astype(np.float32)
     finally:
         if projectors is None:
             for projector in cache.values():
                 projector.close()
+
+
+def input_fbp(sinograms: np.ndarray, geometry: Geometry, filter: str = "ram-lak",  # noqa: A002
+              input_parallel_views: int | None = None, device: str = "auto") -> np.ndarray:
+    """``(N, views, detectors)`` line integrals -> ``(N, H, W)`` FBP in HU: the image the
+    learned methods read, as :func:`simulate_slice` makes it. With
+    ``input_parallel_views`` (fan beam) the sinograms are first rebinned onto a
+    parallel-beam sinogram of that many angles (:mod:`.fanrebin`)."""
+    if input_parallel_views is not None:
+        sinograms, geometry = fan_to_parallel(sinograms, geometry, input_parallel_views)
+    return mu_to_hu(reconstruct_stack("fbp", geometry, sinograms, device=device,
+                                      filter=filter))
 
 
 class Simulator:
@@ -113,7 +134,8 @@ class Simulator:
     """
 
     def __init__(self, geometry: Geometry, noise: NoiseModel, upsample: int = 2,
-                 device: str = "auto", filter: str = "ram-lak") -> None:  # noqa: A002
+                 device: str = "auto", filter: str = "ram-lak",  # noqa: A002
+                 input_parallel_views: int | None = None) -> None:
         check_filter(filter)
         if not (isinstance(upsample, int) and upsample >= 1):
             raise ValueError(f"upsample must be an integer >= 1, got {upsample!r}.")
@@ -122,13 +144,15 @@ class Simulator:
         self.upsample = upsample
         self.device = device
         self.filter = filter
+        self.input_parallel_views = input_parallel_views
         self._projectors: dict[tuple[Geometry, str], Projector] = {}
 
     def __call__(self, hu: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """``(sinogram, fbp_hu)`` of one slice; see :func:`simulate_slice`."""
         return simulate_slice(hu, self.geometry, self.noise, seed, upsample=self.upsample,
                               device=self.device, filter=self.filter,
-                              projectors=self._projectors)
+                              projectors=self._projectors,
+                              input_parallel_views=self.input_parallel_views)
 
     def close(self) -> None:
         """Frees the ASTRA projectors (they are rebuilt if the simulator is used again)."""
@@ -149,4 +173,6 @@ class Simulator:
 
     def __repr__(self) -> str:
         return (f"Simulator({self.geometry!r}, {self.noise!r}, upsample={self.upsample}, "
-                f"device={self.device!r}, filter={self.filter!r})")
+                f"device={self.device!r}, filter={self.filter!r}"
+                + (f", input_parallel_views={self.input_parallel_views}"
+                   if self.input_parallel_views is not None else "") + ")")
