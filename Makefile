@@ -20,7 +20,7 @@ space := $(subst ,, )
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup run test test-fast lint params clean ablation lock unrolled ellipses followup \
-	followup-endpoint
+	followup-endpoint fan
 
 setup: $(VENV)/.installed
 
@@ -118,6 +118,30 @@ params: setup
 
 clean:
 	rm -rf artifacts reports/views mlflow.db mlruns mlartifacts .sparsect-locks
+
+# The clinical fan beam at 60 views (conf/experiment/fan.yaml; README, "Fan beam", gives
+# its time): simulate, tune the baselines, train unet and sg_unet, evaluate on the test
+# split, score the real scans and write reports/fan/. FAN_OVERRIDES, e.g. trainer=gpu.
+FAN_OVERRIDES ?=
+F = artifacts/fan
+FR = reports/fan
+FARGS = --params $(F)/params.yaml --views 60
+fan: setup
+	$(BIN)/sparsect make-data --if-empty --out data
+	$(BIN)/dvc repro masks
+	$(BIN)/sparsect params experiment=fan $(FAN_OVERRIDES) --out $(F)/params.yaml
+	$(BIN)/sparsect simulate $(FARGS) --prepared artifacts/prepared --out $(F)/sim/60
+	$(BIN)/sparsect baselines --params $(F)/params.yaml --prepared artifacts/prepared \
+		--sim $(F)/sim/60 --out $(F)/baselines/60
+	$(BIN)/sparsect train $(FARGS) --prepared artifacts/prepared --sim $(F)/sim/60 \
+		--masks artifacts/masks --out $(F)/models/60
+	$(BIN)/sparsect evaluate $(FARGS) --prepared artifacts/prepared --sim $(F)/sim/60 \
+		--masks artifacts/masks --models $(F)/models/60 --baselines $(F)/baselines/60 \
+		--out $(FR)/views/60
+	$(BIN)/sparsect external $(FARGS) --scans realct --models $(F)/models/60 \
+		--baselines $(F)/baselines/60 --out $(FR)/external/60
+	$(BIN)/sparsect report --params $(F)/params.yaml --evaluations $(FR)/views \
+		--external $(FR)/external --out $(FR)
 
 # dival's ellipses benchmark reproduced (conf/experiment/ellipses.yaml; README gives its
 # time and the published numbers beside ours).
