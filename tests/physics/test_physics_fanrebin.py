@@ -109,6 +109,7 @@ def test_the_acquisition_makes_and_records_the_rebinned_input() -> None:
     ("parallel", 120, "parallel beam"),
     ("fan", 0, "positive integer"),
     ("fan", "many", "positive integer"),
+    ("fan", 1000, "lower it"),
 ])
 def test_a_bad_input_parallel_views_is_refused_by_name(beam: str, value: object,
                                                         needle: str) -> None:

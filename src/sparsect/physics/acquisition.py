@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .fanrebin import parallel_target
 from .filters import check_filter
 from .geometry import Geometry
 from .noise import NoiseModel
@@ -103,6 +104,11 @@ class Acquisition:
             if self.geometry.beam != "fan":
                 raise ValueError(f"input_parallel_views ({views}) rebins fan-beam data; this "
                                  f"geometry is {self.geometry.beam} beam, so set it to null.")
+            try:
+                parallel_target(self.geometry, views)
+            except ValueError as error:
+                raise ValueError(f"input_parallel_views ({views}) does not fit this image "
+                                 f"grid ({str(error).rstrip('.')}): lower it.") from None
 
     # -- records ---------------------------------------------------------------------
 
