@@ -1,5 +1,6 @@
 """Learned methods against the classical ones on the validation split, per geometry and
-training setting: the study behind the fan-beam settings (README, Fan beam).
+training setting: the study behind the fan-beam settings (README, "The clinical fan
+beam").
 
 Every run composes ``conf/`` with its overrides (as ``sparsect params`` does), simulates
 its geometry once (shared by the runs of that geometry), tunes and runs the classical
@@ -9,11 +10,22 @@ split is never loaded. It prints, per run: each method's mean validation PSNR, t
 models' validation PSNR per epoch (their learning curves) and where in the image each
 method wins (RMSE in HU inside each full-dose tissue class).
 
-    python scripts/fan_study.py --work artifacts/fan_study \\
-        --run fan geometry=fan_clinical --run fan_whole geometry=fan_clinical trainer.crop=null
+The README's table ("The clinical fan beam"):
 
-A run's results are kept in ``<work>/runs/<name>/results.json``; rerunning skips the
-runs whose overrides are unchanged.
+    F=geometry=fan_clinical R=physics.input_parallel_views
+    python scripts/fan_study.py --input --run par \\
+        --run fan $F --run fan_whole $F trainer.crop=null trainer.batch_size=4 \\
+        trainer.max_epochs=6 --run fan_b4 $F trainer.batch_size=4 \\
+        --run fan_r120 $F $R=120 --run fan_r240 $F $R=240 \\
+        --run fan_r240b4 $F $R=240 trainer.batch_size=4 \\
+        --run fan_r240e48 $F $R=240 trainer.max_epochs=48 \\
+        --run fan_r240e48_sl $F $R=240 trainer.max_epochs=48 physics.filter=shepp-logan \\
+        --run fan_r240e48_ctx5 $F $R=240 trainer.max_epochs=48 model.context_slices=5 \\
+        --run fan_r240_crop96 $F $R=240 trainer.crop=96
+
+(about 45 minutes on 2 CPU cores). A run's results are kept in
+``<work>/runs/<name>/results.json``; rerunning skips the runs whose overrides are
+unchanged.
 """
 
 from __future__ import annotations

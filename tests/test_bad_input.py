@@ -271,6 +271,10 @@ def too_many_views(root):
     return simulate(root, "geometry.views=5000")
 
 
+def rebinned_input_in_parallel_beam(root):
+    return simulate(root, "physics.input_parallel_views=240")
+
+
 def zero_i0(root):
     return simulate(root, "noise.i0=0")
 
@@ -487,6 +491,9 @@ CASES = {
     "negative views": Case(negative_views, r"got -30", r"set geometry\.\*"),
     "views beyond the detector": Case(too_many_views, r"views=5000 is more than 4 x",
                                       r"set geometry\.\*"),
+    "rebinned input in parallel beam": Case(rebinned_input_in_parallel_beam,
+                                            r"physics\.input_parallel_views \(240\) rebins "
+                                            r"fan-beam data", r"set it to null"),
     "zero I0": Case(zero_i0, r"i0 must be a positive number of photons.*got 0",
                     r"set noise\.i0"),
     "negative I0": Case(negative_i0, r"got -100000", r"set noise\.i0"),

@@ -14,7 +14,7 @@ fill each other's gaps, and a regular parallel-beam sinogram is read from all of
 by linear interpolation over their Delaunay triangulation (in ``theta`` across views,
 in ``s`` along the detector). Its FBP streaks less: on the default phantoms' validation
 split at 60 views (``geometry=fan_clinical``, ``I0`` 1e5), Ram-Lak FBP PSNR 28.72 dB
-from the fan-beam data, 29.23 / 30.05 / 30.16 dB rebinned onto 60 / 120 / 240 parallel
+from the fan-beam data, 29.19 / 30.07 / 30.19 dB rebinned onto 60 / 120 / 240 parallel
 angles (``python scripts/fan_study.py --input``).
 
 The interpolation is linear in the data, so it is a sparse matrix, built once per
