@@ -21,9 +21,10 @@ The README's table ("The clinical fan beam"):
         --run fan_r240e48 $F $R=240 trainer.max_epochs=48 \\
         --run fan_r240e48_sl $F $R=240 trainer.max_epochs=48 physics.filter=shepp-logan \\
         --run fan_r240e48_ctx5 $F $R=240 trainer.max_epochs=48 model.context_slices=5 \\
-        --run fan_r240_crop96 $F $R=240 trainer.crop=96
+        --run fan_r240_crop96 $F $R=240 trainer.crop=96 \\
+        --run fan_r240e48_c32 $F $R=240 trainer.max_epochs=48 model.channels=32
 
-(about 45 minutes on 2 CPU cores). A run's results are kept in
+(about 65 minutes on 2 CPU cores). A run's results are kept in
 ``<work>/runs/<name>/results.json``; rerunning skips the runs whose overrides are
 unchanged.
 """
