@@ -126,3 +126,43 @@ def test_equal_training_in_two_folders_writes_byte_identical_outputs(arrays):
         found = training_run_id(uri, arrays / f"models_{label}" / "unet.ckpt")
         (run,) = [r for r in runs(arrays, label) if r.info.run_name == "unet@16"]
         assert found == run.info.run_id
+
+
+def test_ddp_gets_the_configured_timeout_and_a_bad_one_is_refused():
+    from datetime import timedelta
+
+    from omegaconf import OmegaConf
+    from pytorch_lightning.strategies import DDPStrategy
+
+    from sparsect.errors import InputError
+    from sparsect.stages.train import strategy
+
+    def cfg(**trainer):
+        return OmegaConf.create({"trainer": trainer})
+
+    chosen = strategy(cfg(strategy="ddp", timeout_s=45))
+    assert isinstance(chosen, DDPStrategy)
+    assert chosen._timeout == timedelta(seconds=45)
+    assert strategy(cfg(strategy="auto", timeout_s=45)) == "auto"
+    assert strategy(cfg(strategy="ddp")) == "ddp"  # older configs: Lightning's default
+    with pytest.raises(InputError, match="trainer.timeout_s"):
+        strategy(cfg(strategy="ddp", timeout_s=0))
+
+
+@pytest.mark.parametrize(("env", "zero"), [
+    ({}, True),
+    ({"RANK": "0", "LOCAL_RANK": "0"}, True),
+    ({"RANK": "1", "LOCAL_RANK": "0", "NODE_RANK": "1"}, False),  # torchrun, second node
+    ({"SLURM_NTASKS": "4", "SLURM_PROCID": "2"}, False),
+    ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, True),
+    ({"LOCAL_RANK": "1"}, False),  # Lightning's own launcher, second process
+    ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),
+])
+def test_rank_zero_is_known_from_the_launcher_before_lightning_starts(monkeypatch, env, zero):
+    from sparsect.stages.train import launched_as_rank_zero
+
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert launched_as_rank_zero() is zero

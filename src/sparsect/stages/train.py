@@ -22,10 +22,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 import warnings
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.strategies import DDPStrategy, Strategy
 
 from sparsect.data.datamodule import SliceDataModule, SplitPaths
 from sparsect.data.store import (
@@ -61,7 +64,8 @@ from sparsect.tracking import CHECKPOINT_TAG, flatten, provenance_tags, sha256_f
 # resume on other hardware.
 TRAINING_KEYS = ("seed", "model", "prior", "variants", "trainer", "evaluate", "data",
                  "geometry", "noise", "physics")
-HARDWARE_KEYS = ("devices", "strategy", "accelerator", "num_workers")
+HARDWARE_KEYS = ("devices", "num_nodes", "strategy", "timeout_s", "accelerator",
+                 "num_workers")
 
 
 _SCAN_MODELS = ("models that read an earlier scan (prior: scan) train on the follow-up pairs: "
@@ -148,12 +152,17 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path | Non
     state_file = work / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     stamp = fingerprint(cfg, name, views, fingerprint_keys)
+    # Every rank runs this function: under torchrun or srun all start at once, so only
+    # global rank 0 changes the work folder and talks to MLflow; the others read it.
+    zero = launched_as_rank_zero()
     if state.get("fingerprint") != stamp:
-        shutil.rmtree(work, ignore_errors=True)  # stale: another config; start afresh
+        if zero:
+            shutil.rmtree(work, ignore_errors=True)  # stale: another config; start afresh
         state = {}
-    work.mkdir(parents=True, exist_ok=True)
+    if zero:
+        work.mkdir(parents=True, exist_ok=True)
     if state.get("summary"):  # finished before an interruption of a later model
-        return state["summary"], True
+        return (state["summary"], True) if zero else ({}, False)
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = module_from_cfg(cfg, name, views)
@@ -166,20 +175,24 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path | Non
         run_name=f"{name}@{views}", run_id=state.get("mlflow_run_id"),
         tags={**provenance_tags(), "model": name, "prior": prior, "views": str(views),
               "upper_bound": str(known_variant(variant_table(cfg), name).upper_bound).lower()},
-    )
+    ) if zero else False
     checkpoint = ModelCheckpoint(dirpath=work, filename="best", monitor="val/psnr",
                                  mode="max", save_last=True)
     trainer = pl.Trainer(
         max_epochs=int(cfg.trainer.max_epochs), accelerator=str(cfg.trainer.accelerator),
-        devices=cfg.trainer.devices, strategy=str(cfg.trainer.strategy),
+        devices=cfg.trainer.devices, num_nodes=int(cfg.trainer.get("num_nodes", 1)),
+        strategy=strategy(cfg),
         precision=str(cfg.trainer.precision), logger=logger,
         callbacks=[checkpoint, EpochSummary(f"{name}@{views}")],
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False, enable_progress_bar=sys.stderr.isatty(),
         log_every_n_steps=10, deterministic=True,
     )
+    if trainer.is_global_zero != zero:
+        raise RuntimeError(f"rank {trainer.global_rank} disagrees with its launcher's "
+                           "environment: launch with torchrun or srun, which set RANK")
     last = work / "last.ckpt"
-    resuming = _readable(last)
+    resuming = _readable(last, remove=zero)
     if trainer.is_global_zero:
         if not resuming:
             logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True), "cfg."))
@@ -217,6 +230,19 @@ def train_model(cfg: DictConfig, name: str, views: int, prepared_dir: Path | Non
     return summary, True
 
 
+def strategy(cfg: DictConfig) -> str | Strategy:
+    """``trainer.strategy``; plain ``ddp`` gets ``trainer.timeout_s`` as its process-group
+    timeout, so that a rank whose peer is gone fails instead of waiting 30 minutes."""
+    name = str(cfg.trainer.strategy)
+    timeout = cfg.trainer.get("timeout_s")
+    if name != "ddp" or timeout is None:
+        return name
+    if not float(timeout) > 0:
+        raise InputError(f"trainer.timeout_s is {timeout}: give a positive number of seconds "
+                         "(how long a rank waits on the others).")
+    return DDPStrategy(timeout=timedelta(seconds=float(timeout)))
+
+
 def choose_consistency(cfg: DictConfig, checkpoint: Path, prepared_dir: Path, sim_dir: Path,
                        masks_dir: Path) -> dict[str, Any] | None:
     """Chooses the model's data-consistency step on the validation split
@@ -248,16 +274,31 @@ def choose_consistency(cfg: DictConfig, checkpoint: Path, prepared_dir: Path, si
     return {"split": "val", **dc}
 
 
-def _readable(checkpoint: Path) -> bool:
-    """A checkpoint cut short by a kill mid-write is not resumable: start afresh."""
+def _readable(checkpoint: Path, remove: bool = True) -> bool:
+    """A checkpoint cut short by a kill mid-write is not resumable: start afresh (and
+    remove it, when ``remove``)."""
     if not checkpoint.is_file():
         return False
     try:
         torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - truncated zip, bad pickle, ...
-        checkpoint.unlink()
+        if remove:
+            checkpoint.unlink(missing_ok=True)
         return False
     return True
+
+
+def launched_as_rank_zero() -> bool:
+    """Whether this process is global rank 0 as its launcher set it, known before
+    Lightning starts: torchrun's ``RANK``, SLURM's ``SLURM_PROCID`` (several tasks), or
+    Lightning's own DDP launcher's ``NODE_RANK`` and ``LOCAL_RANK``; True when nothing
+    launched it."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"]) == 0
+    return int(env.get("NODE_RANK", "0")) == 0 and int(env.get("LOCAL_RANK", "0")) == 0
 
 
 def work_dir_for(out_dir: Path) -> Path:
