@@ -12,7 +12,7 @@ LOCK ?= requirements/lock-linux-x86_64.txt
 # Extras resolved into the lock (comma-separated, as in pip: dev,slurm), and what
 # the lock leaves out (torch and the CUDA libraries come with TORCH_SPEC; sparsect
 # is this checkout).
-LOCK_EXTRAS ?= dev
+LOCK_EXTRAS ?= dev,slurm
 LOCK_EXCLUDE = ^(torch|triton|sparsect|nvidia[-_.][^=]*)==
 BIN = $(VENV)/bin
 , := ,

@@ -289,3 +289,33 @@ def test_reconstruct_with_a_prior_scan_uses_the_prior_models_champion(tiny_repo)
 
     image = np.asarray(nib.load(str(out)).dataobj, np.float32)
     assert image.shape[:2] == (32, 32) and np.isfinite(image).all()
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_runs_two_jobs_at_once_into_one_mlflow_store(tiny_repo):
+    """Hydra's submitit launcher on this machine: each view count a process of its own,
+    both at once, both tracked in one sqlite store that neither had created."""
+    import mlflow
+
+    store = tiny_repo / "submitit.db"
+    env = {**tool_env(tiny_repo), "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    sh("sparsect", "train", "-m", "experiment=tiny", "geometry.views=12,24",
+       "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
+       "hydra.launcher.timeout_min=30", "--prepared", "artifacts/prepared",
+       "--masks", "artifacts/masks", "--sweep-dir", "sweep_submitit", cwd=tiny_repo, env=env)
+    for views in (12, 24):
+        job = tiny_repo / "sweep_submitit" / f"experiment=tiny,geometry.views={views}"
+        metrics = json.loads((job / "evaluation" / "metrics.json").read_text())
+        assert {"fbp", "unet", "sg_unet"} <= set(metrics)
+    # submitit ran them: its folder holds each job's pickled result
+    assert len(list((tiny_repo / "sweep_submitit" / ".submitit").glob("*/*_result.pkl"))) == 2
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(r.info.run_name for r in runs) == [
+        "sg_unet@12", "sg_unet@24", "unet@12", "unet@24"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    # the two jobs ran at once: their spans in the store overlap
+    spans = {views: (min(r.info.start_time for r in runs if r.info.run_name.endswith(views)),
+                     max(r.info.end_time for r in runs if r.info.run_name.endswith(views)))
+             for views in ("@12", "@24")}
+    assert max(s for s, _ in spans.values()) < min(e for _, e in spans.values()), spans

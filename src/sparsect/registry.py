@@ -26,19 +26,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
 from sparsect.errors import InputError
 from sparsect.serving import PACKAGE_DIR, ReconstructionModel, model_requirements, pyfunc_signature
-from sparsect.tracking import CHECKPOINT_TAG, provenance_tags, sha256_file, tracking_uri
+from sparsect.tracking import (
+    CHECKPOINT_TAG,
+    LOCK_FOLDER,
+    lock_folder,
+    provenance_tags,
+    sha256_file,
+    tracking_uri,
+)
 
 # Versions already registered hold their pyfunc model pickled (by cloudpickle) as
 # ``sparsect.registry.ReconstructionModel``: the name must stay importable from here for
@@ -83,7 +88,6 @@ def _client(cfg: DictConfig):
 
 
 LOCK_TIMEOUT_S = 600.0
-LOCK_FOLDER = ".sparsect-locks"  # beside an sqlite store; ignored by git
 
 
 def lock_path(uri: str, name: str, lock_dir: str | None = None) -> Path:
@@ -94,12 +98,7 @@ def lock_path(uri: str, name: str, lock_dir: str | None = None) -> Path:
     otherwise the temp folder.
     """
     key = hashlib.md5(uri.encode()).hexdigest()[:12]
-    if lock_dir is not None:
-        folder = Path(lock_dir)
-    elif urlparse(uri).scheme == "sqlite":
-        folder = Path(uri.removeprefix("sqlite:///")).parent / LOCK_FOLDER
-    else:
-        folder = Path(tempfile.gettempdir())
+    folder = Path(lock_dir) if lock_dir is not None else lock_folder(uri)
     return folder / f".sparsect-registry-{key}-{name}.lock"
 
 

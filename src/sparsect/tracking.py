@@ -6,6 +6,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,6 +21,38 @@ def tracking_uri(cfg: DictConfig) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.logger.tracking_uri)
     check_reachable(uri)
     return uri
+
+
+LOCK_FOLDER = ".sparsect-locks"  # beside an sqlite store; ignored by git
+
+
+def lock_folder(uri: str) -> Path:
+    """Where the locks guarding the store at ``uri`` live: for an sqlite store
+    ``<dir>/mlflow.db``, ``<dir>/.sparsect-locks/`` (ignored by git, so a run leaves the
+    checkout clean; on a shared file system every machine sees it); otherwise the
+    temp folder."""
+    if urlparse(uri).scheme == "sqlite":
+        return Path(uri.removeprefix("sqlite:///")).parent / LOCK_FOLDER
+    return Path(tempfile.gettempdir())
+
+
+def ensure_experiment(uri: str, experiment: str) -> None:
+    """Creates an sqlite store's tables and ``experiment`` if missing, one process at a
+    time. Processes that start together on a new store (a sweep's jobs, the ranks
+    torchrun starts at once) would otherwise race to create them, and MLflow's schema
+    migration fails in all but one. A server store creates its own."""
+    if urlparse(uri).scheme != "sqlite":
+        return
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    key = hashlib.md5(uri.encode()).hexdigest()[:12]
+    path = lock_folder(uri) / f".sparsect-store-{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path, timeout=600):
+        client = MlflowClient(uri)
+        if client.get_experiment_by_name(experiment) is None:
+            client.create_experiment(experiment)
 
 
 def check_reachable(uri: str, timeout_s: float = 3.0) -> None:

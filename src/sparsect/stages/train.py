@@ -56,7 +56,14 @@ from sparsect.models.module import ReconModule
 from sparsect.models.variants import PRIORS, known_variant, net_spec, variant_table
 from sparsect.physics.acquisition import Acquisition
 from sparsect.settings import acquisition_from_cfg
-from sparsect.tracking import CHECKPOINT_TAG, flatten, provenance_tags, sha256_file, tracking_uri
+from sparsect.tracking import (
+    CHECKPOINT_TAG,
+    ensure_experiment,
+    flatten,
+    provenance_tags,
+    sha256_file,
+    tracking_uri,
+)
 
 # The config the resume fingerprint hashes: everything that shapes a training run.
 # dvc.yaml's `train` params list the same sections (a test checks it); the
@@ -316,7 +323,9 @@ def train(cfg: DictConfig, prepared_dir: Path, sim_dir: Path, masks_dir: Path, o
     for name in models:
         if known_variant(table, name).prior == "scan":
             raise InputError(f"Model '{name}': {_SCAN_MODELS}")
-    tracking_uri(cfg)  # an unreachable server fails here, before any work
+    uri = tracking_uri(cfg)  # an unreachable server fails here, before any work
+    if launched_as_rank_zero():
+        ensure_experiment(uri, str(cfg.logger.experiment))
     work = work_dir_for(out_dir)
     summary, is_zero = {}, True
     for name in models:
