@@ -10,7 +10,7 @@ longest listed name wins):
 5. models;
 6. methods: what every method reads (a case) and the methods themselves, classical and
    learned;
-7. settings, config, tracking, evaluation.report, registry, serving, inference, deploy,
+7. settings, config, tracking, evaluation.report, registry, serving, inference, archive, deploy,
    stages, benchmarks, sweep;
 8. cli.
 
@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "sparsect.registry": 7,
     "sparsect.serving": 7,
     "sparsect.inference": 7,
+    "sparsect.archive": 7,
     "sparsect.prior_scan": 7,
     "sparsect.deploy": 7,
     "sparsect.stages": 7,

@@ -253,7 +253,8 @@ def _reconstruct(args: argparse.Namespace) -> object:
         written = reconstruct_files(_cfg(args), args.input, args.output, args.model,
                                     args.method, args.views, args.save_reference, args.series,
                                     args.dc, prior, args.runtime, args.export,
-                                    _options(args.option), args.prior_scan, args.segmenter)
+                                    _options(args.option), args.prior_scan, args.segmenter,
+                                    args.jobs, args.threads)
     if prior is not None and prior.oracle:
         print(f"oracle: the map was made from this scan ({prior.path}), so the reconstruction "
               "is an upper bound, not what a new scan would get.")
@@ -479,6 +480,13 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the classical --method (repeat it), e.g. --option "
                         "weight=0.03 --option iterations=200; replaces the stored settings")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="for a folder: processes reconstructing its series at once (each "
+                        "writes its own; a rerun skips the finished ones; summary.csv lists "
+                        "every series)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: torch's; give the same number "
+                        "for outputs bit for bit equal between runs with other --jobs)")
     p.add_argument("--save-reference", action="store_true",
                    help="also write the input on the model grid as <output stem>_reference")
     p.add_argument("--series", default=None, metavar="UID-or-NUMBER",

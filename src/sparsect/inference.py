@@ -37,16 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
-from tqdm import tqdm
 
-from sparsect.data.inputs import is_volume, list_inputs
+from sparsect.archive import SUMMARY, config_digest, find_series, is_archive, run_archive
+from sparsect.data.inputs import list_inputs
 from sparsect.data.io import (
     ScanEntry,
+    active_spacing_override,
     axial_slices,
     is_dicom_input,
     load_subject,
     scan_name,
+    spacing_override,
     standardise,
     volume_from_slices,
 )
@@ -54,7 +57,6 @@ from sparsect.data.outputs import (
     check_output_name,
     geometry_sidecar,
     nifti_stem,
-    output_path,
     prior_sidecar,
     save_nifti,
 )
@@ -367,7 +369,11 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
         save_reference: bool = False, device: str = "auto",
         options: dict[str, Any] | None = None, series: str | None = None,
         data_consistency: bool = False, prior: PriorMap | None = None, seed: int = 0,
-        workers: int = 1, prior_scan: PriorScan | None = None) -> list[Path]:
+        workers: int = 1, prior_scan: PriorScan | None = None, jobs: int = 1,
+        threads: int | None = None) -> list[Path]:
+    """Reconstructs one input into ``output``, or every series of a folder (an archive,
+    :mod:`sparsect.archive`) under the folder ``output``, in ``jobs`` processes of
+    ``threads`` torch threads each."""
     reads_scan = method == "model" and str(module.hparams.get("prior")) == "scan"
     name = module.hparams.get("variant") or "this model"
     if prior_scan is not None and method != "piccs" and not reads_scan:
@@ -386,7 +392,8 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
     recon = Reconstructor(module, method, views, device=device, options=options,
                           data_consistency=data_consistency, prior=prior, seed=seed,
                           workers=workers)
-    inputs = list_inputs(input_path)
+    many = is_archive(Path(input_path), series)
+    inputs = find_series(Path(input_path)) if many else list_inputs(input_path)
     if prior_scan is not None and len(inputs) != 1:
         raise InputError(f"--prior-scan is an earlier scan of one patient but '{input_path}' "
                          f"holds {len(inputs)} inputs: reconstruct them one at a time.")
@@ -396,15 +403,56 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
     if series is not None and not any(is_dicom_input(item) for item in inputs):
         raise InputError(f"--series {series} picks a DICOM series, but '{input_path}' holds no "
                          "DICOM files: drop --series.")
-    # outputs are written one by one, atomically; the folder appears with the first one
-    many = Path(input_path).is_dir() and not is_volume(Path(input_path))
     if not many:
         check_output_name(output)
-    written = []
-    for item in tqdm(inputs, unit="input", desc="reconstruct", disable=len(inputs) == 1):
-        written.append(reconstruct_input(recon, item, output_path(output, item, many),
-                                         save_reference, series, prior_scan))
-    return written
+        return [reconstruct_input(recon, inputs[0], output, save_reference, series, prior_scan)]
+    # an archive: every series at any depth, in `jobs` processes, resumable, a bad series
+    # a row of summary.csv (sparsect.archive)
+    settings = (module, method, views, device, options, data_consistency, seed,
+                series, save_reference, active_spacing_override())
+    rows = run_archive(Path(input_path), Path(output), _archive_setup, settings, _archive_work,
+                       _configuration(*settings), jobs, threads, inputs)
+    failed = [row for row in rows if row["status"] == "failed"]
+    if failed:
+        raise InputError(
+            f"{len(failed)} of {len(rows)} series in '{input_path}' failed (the first, "
+            f"'{failed[0]['input']}': {failed[0]['reason']}): their reasons are in "
+            f"'{Path(output) / SUMMARY}'; fix or remove them and rerun, which skips the "
+            "finished ones.")
+    return [Path(output) / row["output"] for row in rows]
+
+
+def _archive_setup(module, method, views, device, options, data_consistency, seed, series,
+                   save_reference, spacing) -> tuple[Reconstructor, str | None, bool]:
+    """A process's reconstructor for :func:`~sparsect.archive.run_archive` (simulating in
+    that process: the archive's processes are the parallelism), inside the caller's
+    ``--spacing`` override for the rest of the process."""
+    if spacing is not None:
+        spacing_override(spacing[1], spacing[0]).__enter__()
+    recon = Reconstructor(module, method, views, device=device, options=options,
+                          data_consistency=data_consistency, seed=seed, workers=1)
+    return recon, series, save_reference
+
+
+def _archive_work(worker: tuple[Reconstructor, str | None, bool], item: Path,
+                  output: Path) -> tuple[int, ...]:
+    recon, series, save_reference = worker
+    reconstruct_input(recon, item, output, save_reference, series)
+    return tuple(nib.load(output).shape)
+
+
+def _configuration(module, *settings: Any) -> str:
+    """The checksum of what decides an archive's outputs: the network's weights and
+    recorded settings, the method and its settings, and the package's version."""
+    import io
+
+    import torch
+
+    from sparsect import __version__
+
+    weights = io.BytesIO()
+    torch.save(module.state_dict(), weights)
+    return config_digest(weights.getvalue(), dict(module.hparams), list(settings), __version__)
 
 
 def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str | None = None,
@@ -415,7 +463,8 @@ def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str |
                       export_dir: Path | None = None,
                       options: dict[str, Any] | None = None,
                       prior_scan: Path | None = None,
-                      segmenter: Path | None = None) -> list[Path]:
+                      segmenter: Path | None = None, jobs: int = 1,
+                      threads: int | None = None) -> list[Path]:
     """``sparsect reconstruct``: ``model_uri`` (default: the ``sg_unet`` champion for
     ``views``) applied to ``input_path`` (``series``: the DICOM series to take from a
     folder holding several), with the settings of ``cfg``; ``data_consistency``: the
@@ -449,7 +498,7 @@ def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str |
             Path(segmenter or DEFAULT_SEGMENTER) / "segmenter.ckpt")
     return run(input_path, output, module, method, views, save_reference,
                str(cfg.physics.device), options, series, data_consistency, prior,
-               int(cfg.seed), workers_from_cfg(cfg), scan)
+               int(cfg.seed), workers_from_cfg(cfg), scan, jobs, threads)
 
 
 def tuned_piccs(folder: Path, module) -> dict[str, Any] | None:

@@ -261,6 +261,12 @@ def spacing_override(spacing: Sequence[float] | None, inputs: Path) -> Iterator[
         _OVERRIDE.reset(token)
 
 
+def active_spacing_override() -> tuple[Path, Spacing] | None:
+    """The (folder, spacing) of the :func:`spacing_override` block this runs in, if any:
+    what a process started inside the block needs to enter the same one."""
+    return _OVERRIDE.get()
+
+
 def _override_for(path: Path) -> Spacing | None:
     """The spacing :func:`spacing_override` gives the scan at ``path``, if any."""
     override = _OVERRIDE.get()

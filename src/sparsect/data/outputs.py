@@ -33,15 +33,6 @@ def geometry_sidecar(output: Path) -> Path:
     return Path(output).with_name(f"{nifti_stem(output)}.geometry.json")
 
 
-def output_path(output: Path, item: Path, many: bool) -> Path:
-    """Where input ``item`` is written: ``output`` itself, or ``<output>/<stem>_recon.nii.gz``
-    when ``many`` inputs share the folder ``output``."""
-    if not many:
-        return output
-    stem = item.name.split(".")[0]
-    return Path(output) / f"{stem}_recon.nii.gz"
-
-
 def save_nifti(path: Path, volume_hu: np.ndarray, affine: np.ndarray) -> None:
     """Writes ``volume_hu`` (RAS+ ``(x, y, z)``, rounded to int16 HU) with ``affine`` to
     ``path`` (``.nii`` or ``.nii.gz``), atomically."""
