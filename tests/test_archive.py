@@ -168,3 +168,20 @@ def test_a_killed_run_resumes_and_skips_what_was_finished(archive, serial):
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert again.returncode == 2
     assert {r["status"] for r in summary(out).values()} == {"done", "failed"}
+
+
+@pytest.mark.slow
+def test_lightning_predict_on_two_ddp_ranks_writes_what_one_process_writes(archive, serial):
+    """--devices: Lightning's predict loop, DDP over two CPU processes (gloo), each rank
+    taking every other series; rank 0 writes the summary."""
+    out = archive.parent / f"{archive.name}-ddp"
+    argv = command(archive, out, jobs=1)
+    argv[argv.index("--jobs"):argv.index("--jobs") + 2] = ["--devices", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "1 of 40 series" in done.stderr
+    assert outputs(out) == outputs(serial[0])
+    assert {k: r["status"] for k, r in summary(out).items()} == \
+        {k: r["status"] for k, r in summary(serial[0]).items()}
+    assert not list(out.rglob(".*.failed.json"))  # read back into the summary

@@ -154,12 +154,15 @@ def _finished(output: Path, stamp: dict[str, str]) -> dict | None:
 _STATE: dict[str, Any] = {}
 
 
-def _setup(setup: Callable[..., Any], args: tuple, threads: int | None) -> None:
+def _setup(setup: Callable[..., Any], args: tuple, threads: int | None,
+           device: str | None = None) -> None:
+    """``setup(*args)`` (with ``device=``, a rank's own GPU, when given) in ``threads``
+    torch threads."""
     import torch
 
     if threads is not None:
         torch.set_num_threads(threads)
-    _STATE["worker"] = setup(*args)
+    _STATE["worker"] = setup(*args, **({} if device is None else {"device": device}))
 
 
 def _work(work: Callable[..., tuple[int, ...]], item: Path, output: Path,
@@ -183,20 +186,28 @@ def _work(work: Callable[..., tuple[int, ...]], item: Path, output: Path,
 
 def run_archive(root: Path, out: Path, setup: Callable[..., Any], setup_args: tuple,
                 work: Callable[..., tuple[int, ...]], configuration: str, jobs: int = 1,
-                threads: int | None = None, items: list[Path] | None = None
+                threads: int | None = None, items: list[Path] | None = None,
+                devices: int | None = None, num_nodes: int = 1, accelerator: str = "cpu"
                 ) -> list[dict[str, Any]]:
     """Reconstructs every series of archive ``root`` into ``out`` and writes
-    ``out/summary.csv``; returns its rows.
+    ``out/summary.csv``; returns its rows (none on the ranks other than 0).
 
-    ``setup(*setup_args)`` builds a process's reconstructor once; ``work(reconstructor,
+    ``setup(*setup_args)`` builds a process's reconstructor once (a rank on a GPU passes
+    ``device=`` its own too); ``work(reconstructor,
     item, output)`` writes one series atomically and returns its shape. Both must be
     module-level functions (the processes are spawned). ``configuration`` is the
-    configuration's checksum (:func:`config_digest`).
+    configuration's checksum (:func:`config_digest`). With ``devices``, Lightning's predict
+    loop runs the series instead, under DDP on ``devices`` x ``num_nodes`` ranks of
+    ``accelerator`` (launched as training is: Lightning starts the ranks of one node,
+    torchrun or srun those of several), each rank taking every world-size-th series.
     """
     root, out = Path(root), Path(out)
-    if jobs < 1 or (threads is not None and threads < 1):
-        raise InputError(f"--jobs {jobs} and --threads {threads} must be positive: give the "
-                         "processes and the threads each one uses.")
+    if jobs < 1 or (threads is not None and threads < 1) or (devices is not None and devices < 1):
+        raise InputError(f"--jobs {jobs}, --threads {threads} and --devices {devices} must be "
+                         "positive: give the processes and the threads each one uses.")
+    if devices is not None and jobs != 1:
+        raise InputError("--devices runs one process per device: drop --jobs, or drop "
+                         "--devices to use CPU processes.")
     items = find_series(root) if items is None else items
     if not items:
         raise InputError(f"Folder '{root}' holds no CT volume or sinogram at any depth: add "
@@ -212,6 +223,13 @@ def run_archive(root: Path, out: Path, setup: Callable[..., Any], setup_args: tu
                           "shape": "x".join(map(str, record.get("shape", []))), "reason": ""}
         else:
             pending.append((item, output, stamp))
+    if devices is not None:
+        done = _predict(pending, setup, setup_args, work, threads, devices, num_nodes,
+                        accelerator)
+        if done is None:
+            return []  # not global rank 0: rank 0 writes the summary
+        rows.update(done)
+        return _summary(root, out, items, rows)
     bar = tqdm(total=len(items), initial=len(rows), unit="series", desc="reconstruct")
     try:
         if jobs == 1:
@@ -231,6 +249,12 @@ def run_archive(root: Path, out: Path, setup: Callable[..., Any], setup_args: tu
     finally:
         bar.close()
         _STATE.clear()
+    return _summary(root, out, items, rows)
+
+
+def _summary(root: Path, out: Path, items: list[Path],
+             rows: dict[Path, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Writes ``out/summary.csv``, one row per series in ``items`` order; returns them."""
     table = [{"input": str(item.relative_to(root)),
               "output": str(output_for(root, out, item).relative_to(out)),
               **{k: (f"{v:.3f}" if k == "seconds" else v) for k, v in rows[item].items()}}
@@ -242,6 +266,85 @@ def run_archive(root: Path, out: Path, setup: Callable[..., Any], setup_args: tu
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / SUMMARY, buffer.getvalue().encode())
     return table
+
+
+def failure_marker_for(output: Path) -> Path:
+    return output.with_name(f".{output.name.removesuffix('.nii.gz')}.failed.json")
+
+
+def _predict(pending: list[tuple[Path, Path, dict[str, str]]], setup: Callable[..., Any],
+             setup_args: tuple, work: Callable[..., tuple[int, ...]], threads: int | None,
+             devices: int, num_nodes: int, accelerator: str
+             ) -> dict[Path, dict[str, Any]] | None:
+    """The pending series through Lightning's predict loop (DDP when there are several
+    ranks). Each rank writes its series' outputs and markers, and a marker for each
+    failure; after a barrier global rank 0 reads them all back. Returns the rows on rank
+    0, None on the others."""
+    import pytorch_lightning as pl
+
+    predictor = _predictor_class()(pending, setup, setup_args, work, threads)
+    strategy = "ddp" if devices * num_nodes > 1 else "auto"
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                         strategy=strategy, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, use_distributed_sampler=False,
+                         enable_progress_bar=True, inference_mode=True)
+    trainer.predict(predictor, return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return None
+    rows: dict[Path, dict[str, Any]] = {}
+    for item, output, _ in pending:
+        failed = failure_marker_for(output)
+        if failed.is_file():
+            rows[item] = json.loads(failed.read_text())
+            failed.unlink()
+            continue
+        record = json.loads(marker_for(output).read_text())
+        rows[item] = {"status": "done", "seconds": float(record["seconds"]),
+                      "shape": "x".join(map(str, record["shape"])), "reason": ""}
+    return rows
+
+
+def _predictor_class() -> type:
+    """The LightningModule of :func:`_predict` (made on first use: importing Lightning
+    costs seconds that the CPU paths do not need)."""
+    import pytorch_lightning as pl
+    import torch
+
+    class ArchivePredictor(pl.LightningModule):
+        """Predicts nothing itself: each step is one series, written by ``work`` with the
+        rank's own reconstructor (built in :meth:`setup`, on the rank's device). It holds
+        no parameters, so DDP has nothing to synchronise; the ranks share only the
+        work list, each taking every world-size-th series."""
+
+        def __init__(self, pending, setup, setup_args, work, threads) -> None:
+            super().__init__()
+            self.pending, self.work = pending, work
+            self._setup_call = (setup, setup_args, threads)
+
+        def setup(self, stage: str) -> None:
+            setup, setup_args, threads = self._setup_call
+            # on a GPU, this rank's own, for the network and the physics
+            device = f"cuda:{self.device.index or 0}" if self.device.type == "cuda" else None
+            _setup(setup, setup_args, threads, device)
+
+        def predict_dataloader(self):
+            share = self.pending[self.global_rank::self.trainer.world_size]
+            return torch.utils.data.DataLoader(share, batch_size=None, shuffle=False,
+                                               collate_fn=_identity)
+
+        def predict_step(self, batch, batch_idx):
+            item, output, stamp = batch
+            row = _work(self.work, item, output, stamp)
+            if row["status"] == "failed":
+                atomic_write_json(failure_marker_for(output), row)
+            return None
+
+    return ArchivePredictor
+
+
+def _identity(batch: Any) -> Any:
+    return batch
 
 
 def threads_default(jobs: int) -> int:

@@ -254,7 +254,7 @@ def _reconstruct(args: argparse.Namespace) -> object:
                                     args.method, args.views, args.save_reference, args.series,
                                     args.dc, prior, args.runtime, args.export,
                                     _options(args.option), args.prior_scan, args.segmenter,
-                                    args.jobs, args.threads)
+                                    args.jobs, args.threads, args.devices, args.num_nodes)
     if prior is not None and prior.oracle:
         print(f"oracle: the map was made from this scan ({prior.path}), so the reconstruction "
               "is an upper bound, not what a new scan would get.")
@@ -484,6 +484,13 @@ def _add_user_commands(commands: argparse._SubParsersAction) -> None:
                    help="for a folder: processes reconstructing its series at once (each "
                         "writes its own; a rerun skips the finished ones; summary.csv lists "
                         "every series)")
+    p.add_argument("--devices", type=int, default=None,
+                   help="for a folder: run its series through Lightning's predict loop on this "
+                        "many devices (GPUs, or CPU processes) per node, DDP when several; "
+                        "instead of --jobs")
+    p.add_argument("--num-nodes", type=int, default=1,
+                   help="with --devices: the machines, launched as for training (torchrun, "
+                        "srun)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: torch's; give the same number "
                         "for outputs bit for bit equal between runs with other --jobs)")

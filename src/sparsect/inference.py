@@ -370,10 +370,12 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
         options: dict[str, Any] | None = None, series: str | None = None,
         data_consistency: bool = False, prior: PriorMap | None = None, seed: int = 0,
         workers: int = 1, prior_scan: PriorScan | None = None, jobs: int = 1,
-        threads: int | None = None) -> list[Path]:
+        threads: int | None = None, devices: int | None = None,
+        num_nodes: int = 1) -> list[Path]:
     """Reconstructs one input into ``output``, or every series of a folder (an archive,
-    :mod:`sparsect.archive`) under the folder ``output``, in ``jobs`` processes of
-    ``threads`` torch threads each."""
+    :mod:`sparsect.archive`) under the folder ``output``: in ``jobs`` processes of
+    ``threads`` torch threads each, or with ``devices``, in Lightning's predict loop on
+    ``devices`` x ``num_nodes`` DDP ranks."""
     reads_scan = method == "model" and str(module.hparams.get("prior")) == "scan"
     name = module.hparams.get("variant") or "this model"
     if prior_scan is not None and method != "piccs" and not reads_scan:
@@ -411,7 +413,8 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
     settings = (module, method, views, device, options, data_consistency, seed,
                 series, save_reference, active_spacing_override())
     rows = run_archive(Path(input_path), Path(output), _archive_setup, settings, _archive_work,
-                       _configuration(*settings), jobs, threads, inputs)
+                       _configuration(*settings), jobs, threads, inputs, devices, num_nodes,
+                       "auto")
     failed = [row for row in rows if row["status"] == "failed"]
     if failed:
         raise InputError(
@@ -423,12 +426,13 @@ def run(input_path: Path, output: Path, module, method: str = "model", views: in
 
 
 def _archive_setup(module, method, views, device, options, data_consistency, seed, series,
-                   save_reference, spacing) -> tuple[Reconstructor, str | None, bool]:
+                   save_reference, spacing, **rank) -> tuple[Reconstructor, str | None, bool]:
     """A process's reconstructor for :func:`~sparsect.archive.run_archive` (simulating in
     that process: the archive's processes are the parallelism), inside the caller's
     ``--spacing`` override for the rest of the process."""
     if spacing is not None:
         spacing_override(spacing[1], spacing[0]).__enter__()
+    device = rank.get("device", device)  # a DDP rank's own GPU
     recon = Reconstructor(module, method, views, device=device, options=options,
                           data_consistency=data_consistency, seed=seed, workers=1)
     return recon, series, save_reference
@@ -464,7 +468,8 @@ def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str |
                       options: dict[str, Any] | None = None,
                       prior_scan: Path | None = None,
                       segmenter: Path | None = None, jobs: int = 1,
-                      threads: int | None = None) -> list[Path]:
+                      threads: int | None = None, devices: int | None = None,
+                      num_nodes: int = 1) -> list[Path]:
     """``sparsect reconstruct``: ``model_uri`` (default: the ``sg_unet`` champion for
     ``views``) applied to ``input_path`` (``series``: the DICOM series to take from a
     folder holding several), with the settings of ``cfg``; ``data_consistency``: the
@@ -498,7 +503,7 @@ def reconstruct_files(cfg: Any, input_path: Path, output: Path, model_uri: str |
             Path(segmenter or DEFAULT_SEGMENTER) / "segmenter.ckpt")
     return run(input_path, output, module, method, views, save_reference,
                str(cfg.physics.device), options, series, data_consistency, prior,
-               int(cfg.seed), workers_from_cfg(cfg), scan, jobs, threads)
+               int(cfg.seed), workers_from_cfg(cfg), scan, jobs, threads, devices, num_nodes)
 
 
 def tuned_piccs(folder: Path, module) -> dict[str, Any] | None:
