@@ -118,6 +118,15 @@ def save_array(folder: Path, name: str, array: np.ndarray) -> None:
     np.save(Path(folder) / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
 
 
+def open_array(folder: Path, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A new ``folder/name.npy`` of ``shape`` and ``dtype``, memory-mapped for writing: a
+    stage fills it piece by piece, so its memory does not grow with the cohort (the
+    written pages are the file's, which the kernel writes back and drops, not the
+    process's own). The file is the one :func:`save_array` writes for the same array."""
+    return np.lib.format.open_memmap(Path(folder) / f"{name}.npy", mode="w+",
+                                     dtype=np.dtype(dtype), shape=tuple(shape))
+
+
 def load_array(folder: Path, name: str, mmap: bool = True) -> np.ndarray:
     """Loads ``folder/name.npy`` memory-mapped (read-only) by default.
 

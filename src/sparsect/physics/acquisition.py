@@ -170,28 +170,37 @@ class Acquisition:
                          device=self.device, filter=self.filter,
                          input_parallel_views=self.input_parallel_views)
 
-    def simulate(self, hu: np.ndarray, keys: Sequence[Sequence[int]], workers: int = 1,
-                 progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def simulate(self, hu: np.ndarray | Sequence[np.ndarray], keys: Sequence[Sequence[int]],
+                 workers: int = 1, progress: str | None = None,
+                 out: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         """Noisy sparse-view sinograms of ``(N, H, W)`` reference slices in HU and their FBP.
 
         Args:
-            hu: The references on the reconstruction grid.
+            hu: The references on the reconstruction grid: an array (a memory map is
+                read slice by slice), or a sequence of ``(H, W)`` slices.
             keys: Each slice's key in the seed rule.
             workers: Processes (one pool, each with its own ASTRA projectors); the
                 result does not depend on it.
             progress: A progress bar with this label (none without).
+            out: Arrays to write ``(sinograms, fbp_hu)`` into (e.g. memory maps of the
+                stage's output files), instead of new ones.
 
         Returns:
             ``(sinograms, fbp_hu)``: float32 ``(N, views, detectors)`` line integrals and
             float32 ``(N, H, W)`` FBP in HU.
         """
-        hu = np.asarray(hu)
+        if not isinstance(hu, (list, tuple)):
+            hu = np.asarray(hu)
         if len(keys) != len(hu):
             raise ValueError(f"{len(keys)} seed keys for {len(hu)} slices")
         seeds = [self.slice_seed(*key) for key in keys]
         shape = self.geometry.image_shape
-        sinograms = np.empty((len(hu), *self.geometry.sinogram_shape), np.float32)
-        fbp = np.empty((len(hu), *shape), np.float32)
+        if out is None:
+            sinograms = np.empty((len(hu), *self.geometry.sinogram_shape), np.float32)
+            fbp = np.empty((len(hu), *shape), np.float32)
+        else:
+            sinograms, fbp = out
         if len(hu) == 0:
             return sinograms, fbp
         workers = max(1, min(int(workers), len(hu)))

@@ -8,7 +8,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from sparsect.data.split import SPLITS
-from sparsect.data.store import atomic_dir, atomic_write_json, load_array, save_array
+from sparsect.data.store import atomic_dir, atomic_write_json, load_array, open_array
 from sparsect.priors.classes import TISSUE_CLASSES
 from sparsect.priors.labels import label_table
 from sparsect.priors.masks import tissue_masks_from_hu, tissue_masks_from_labels_and_hu
@@ -30,7 +30,9 @@ def masks(cfg: DictConfig, prepared_dir: Path, out_dir: Path) -> Path:
         for split in SPLITS:
             hu = load_array(Path(prepared_dir) / split, "hu")
             labels = load_array(Path(prepared_dir) / split, "labels")
-            classes = np.empty(hu.shape, dtype=np.uint8)
+            (tmp / split).mkdir()
+            classes = open_array(tmp / split, "masks", hu.shape, np.uint8)
+            counts = np.zeros(len(TISSUE_CLASSES), np.int64)
             from_labels = 0
             for i in range(len(hu)):
                 if mask_cfg.use_labels and labels[i].min() > NO_LABEL:
@@ -45,9 +47,9 @@ def masks(cfg: DictConfig, prepared_dir: Path, out_dir: Path) -> Path:
                     classes[i] = tissue_masks_from_hu(
                         np.asarray(hu[i]), int(mask_cfg.min_component_voxels)
                     )
-            (tmp / split).mkdir()
-            save_array(tmp / split, "masks", classes)
-            fractions = np.bincount(classes.ravel(), minlength=len(TISSUE_CLASSES)) / classes.size
+                counts += np.bincount(classes[i].ravel(), minlength=len(TISSUE_CLASSES))
+            classes.flush()
+            fractions = counts / classes.size
             summary[split] = {
                 "slices": len(classes),
                 "from_labels": from_labels,

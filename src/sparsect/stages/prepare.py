@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,13 @@ from tqdm import tqdm
 
 from sparsect.data.io import axial_slices, find_scans, load_subject, standardise
 from sparsect.data.split import SPLITS, split_subjects
-from sparsect.data.store import atomic_dir, atomic_write_json, save_array
+from sparsect.data.store import (
+    atomic_dir,
+    atomic_write_json,
+    load_array,
+    open_array,
+    save_array,
+)
 from sparsect.priors.organs import NO_LABEL
 
 
@@ -34,7 +41,11 @@ def prepare(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
     with atomic_dir(Path(out_dir)) as tmp:
         progress = tqdm(total=len(scans), desc="prepare", unit="scan")
         for split in SPLITS:
-            hu_slices, label_slices, index = [], [], []
+            # each subject is written on its own, then the split's arrays are assembled
+            # from those files: the memory stays one subject's, whatever the cohort
+            parts = tmp / f".{split}-parts"
+            parts.mkdir()
+            shapes, index = [], []
             for name in assignment[split]:
                 entry = by_subject[name]
                 subject = standardise(load_subject(entry), int(data_cfg.image_size),
@@ -44,8 +55,9 @@ def prepare(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
                     labels = axial_slices(subject["labels"].data[0].numpy()).astype(np.int16)
                 else:
                     labels = np.full(hu.shape, NO_LABEL, dtype=np.int16)
-                hu_slices.append(hu)
-                label_slices.append(labels)
+                save_array(parts, f"hu{len(shapes)}", hu)
+                save_array(parts, f"labels{len(shapes)}", labels)
+                shapes.append(hu.shape)
                 index += [[name, z] for z in range(hu.shape[0])]
                 manifest["subjects"][name] = {
                     "split": split, "scan": str(entry.scan), "slices": int(hu.shape[0]),
@@ -57,9 +69,26 @@ def prepare(cfg: DictConfig, data_dir: Path, out_dir: Path) -> Path:
                 progress.update()
             folder = tmp / split
             folder.mkdir()
-            save_array(folder, "hu", np.concatenate(hu_slices))
-            save_array(folder, "labels", np.concatenate(label_slices))
+            size = int(data_cfg.image_size)
+            _assemble(parts, "hu", shapes or [(0, size, size)], np.float32, folder)
+            _assemble(parts, "labels", shapes or [(0, size, size)], np.int16, folder)
+            shutil.rmtree(parts)
             atomic_write_json(folder / "index.json", index)
         progress.close()
         atomic_write_json(tmp / "manifest.json", manifest)
     return Path(out_dir)
+
+
+def _assemble(parts: Path, name: str, shapes: list[tuple[int, ...]], dtype,
+              folder: Path) -> None:
+    """``folder/name.npy``: the per-subject arrays ``parts/<name><k>.npy`` one after the
+    other (as ``np.concatenate`` of them, without holding them all in memory)."""
+    total = (sum(s[0] for s in shapes), *shapes[0][1:])
+    out = open_array(folder, name, total, dtype)
+    start = 0
+    for k, shape in enumerate(shapes):
+        if shape[0]:
+            out[start:start + shape[0]] = load_array(parts, f"{name}{k}")
+        start += shape[0]
+    out.flush()
+    del out

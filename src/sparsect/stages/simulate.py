@@ -21,6 +21,7 @@ from sparsect.data.store import (
     atomic_dir,
     atomic_write_json,
     load_array,
+    open_array,
     read_json,
     save_array,
 )
@@ -59,6 +60,10 @@ def _shard_slices(prepared_split: Path, shard: tuple[int, int] | None) -> list[i
     return [i for i, (subject, _) in enumerate(index) if subject in mine]
 
 
+_CHUNK = 32
+"""Slices whose threshold masks are made at once."""
+
+
 def simulate(cfg: DictConfig, prepared_dir: Path, out_dir: Path, views: int | None = None,
              workers: int | None = None, shard: str | None = None) -> Path:
     """Simulates every split at ``views`` (default ``geometry.views``).
@@ -77,14 +82,25 @@ def simulate(cfg: DictConfig, prepared_dir: Path, out_dir: Path, views: int | No
             split_dir = Path(prepared_dir) / split
             selected = _shard_slices(split_dir, shard_spec)
             hu = load_array(split_dir, "hu")
-            sinogram, fbp = acquisition.simulate(
-                np.stack([hu[i] for i in selected]) if selected else hu[:0],
-                [slice_key(split, i) for i in selected], workers,
-                progress=f"simulate@{acquisition.geometry.views} {split}")
+            # written into the output files as they come (memory maps): the memory stays
+            # a few slices', whatever the cohort; a shard reads only its slices
             (tmp / split).mkdir()
-            save_array(tmp / split, "sinogram", sinogram)
-            save_array(tmp / split, "fbp", fbp)
-            save_array(tmp / split, "threshold_masks", tissue_masks_from_hu(fbp))
+            count = len(selected)
+            geometry = acquisition.geometry
+            sinogram = open_array(tmp / split, "sinogram", (count, *geometry.sinogram_shape),
+                                  np.float32)
+            fbp = open_array(tmp / split, "fbp", (count, *geometry.image_shape), np.float32)
+            whole = selected == list(range(len(hu)))
+            acquisition.simulate(hu if whole else [hu[i] for i in selected],
+                                 [slice_key(split, i) for i in selected], workers,
+                                 progress=f"simulate@{geometry.views} {split}",
+                                 out=(sinogram, fbp))
+            masks = open_array(tmp / split, "threshold_masks", fbp.shape, np.uint8)
+            for start in range(0, count, _CHUNK):
+                masks[start:start + _CHUNK] = tissue_masks_from_hu(fbp[start:start + _CHUNK])
+            for array in (sinogram, fbp, masks):
+                array.flush()
+            del sinogram, fbp, masks
             atomic_write_json(tmp / split / "slices.json", selected)
         atomic_write_json(tmp / "geometry.json", {
             **acquisition.describe(),
