@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -209,14 +210,26 @@ class Acquisition:
                 for i, (image, seed) in enumerate(zip(hu, seeds, strict=True)):
                     sinograms[i], fbp[i] = simulate(image, seed)
             return sinograms, fbp
+        # Chunks of slices go to the pool a few at a time and their results are written
+        # as they come back, in order: the slices in flight, not the cohort, set the
+        # memory (pool.map would pickle every slice up front).
+        size = max(1, min(_CHUNK_SLICES, len(hu) // (4 * workers)))
+        starts = range(0, len(hu), size)
         with ProcessPoolExecutor(workers, initializer=_init_worker,
-                                 initargs=(self.simulator(),)) as pool:
-            results = pool.map(_simulate_one, zip(hu, seeds, strict=True),
-                               chunksize=max(1, len(hu) // (4 * workers)))
-            bar = tqdm(results, total=len(hu), unit="slice", desc=progress,
-                       disable=progress is None)
-            for i, (sinogram, image) in enumerate(bar):
-                sinograms[i], fbp[i] = sinogram, image
+                                 initargs=(self.simulator(),)) as pool, \
+                tqdm(total=len(hu), unit="slice", desc=progress,
+                     disable=progress is None) as bar:
+            flight: deque = deque()
+            for start in [*starts, None]:
+                if start is not None:
+                    stop = min(start + size, len(hu))
+                    chunk = [(np.asarray(hu[i]), seeds[i]) for i in range(start, stop)]
+                    flight.append((start, pool.submit(_simulate_chunk, chunk)))
+                while flight and (start is None or len(flight) > 2 * workers):
+                    first, future = flight.popleft()
+                    for i, (sinogram, image) in enumerate(future.result(), start=first):
+                        sinograms[i], fbp[i] = sinogram, image
+                    bar.update(len(future.result()))
         return sinograms, fbp
 
     def fbp(self, sinograms: np.ndarray) -> np.ndarray:
@@ -240,6 +253,10 @@ def _init_worker(simulator: Simulator) -> None:
     _WORKER["simulator"] = simulator
 
 
-def _simulate_one(job: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
-    return _WORKER["simulator"](*job)
+_CHUNK_SLICES = 8
+"""Slices a worker of :meth:`Acquisition.simulate` takes at once."""
+
+
+def _simulate_chunk(jobs: list[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [_WORKER["simulator"](*job) for job in jobs]
 
