@@ -1,13 +1,13 @@
 """Reconstruction of a whole archive: every series under a folder of any depth, in
 several processes, resumable, one bad series never stopping the rest.
 
-- **Series.** A folder that is one volume (a DICOM series, at any depth below it) is one
-  series; any other folder is searched, to any depth, for scan files, sinogram ``.npy``
-  files and DICOM series (:func:`find_series`). Each is written to the output folder at
-  its path relative to the archive (``<out>/<relative folder>/<name>_recon.nii.gz``).
+- **Series.** Scan files, sinogram ``.npy`` files and folders that directly hold DICOM
+  files, at any depth (:func:`find_series`). Each is written to the output folder at its
+  path relative to the archive (``<out>/<relative folder>/<name>_recon.nii.gz``).
 - **Processes.** ``jobs`` processes, each with ``threads`` torch threads, take the series
-  one at a time; with equal threads per process the outputs are bit for bit those of a
-  serial run, because each series is computed alone and its noise is keyed by its name.
+  one at a time (or the DDP ranks of Lightning's predict loop, with ``devices``); with
+  equal threads per process the outputs are bit for bit those of a serial run, because
+  each series is computed alone and its noise is keyed by its name.
 - **Exactly once, resumable.** Each output is written atomically, then a marker beside
   it (``.<name>_recon.done.json``) records the input's checksum and the configuration's.
   A rerun skips a series whose marker matches both, and redoes any other: a changed
@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import multiprocessing
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -34,18 +33,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sparsect.data.dicom import is_dicom_file
-from sparsect.data.inputs import is_volume
-from sparsect.data.io import SCAN_SUFFIXES
+from sparsect.data.inputs import holds_dicom_files, is_file_input, is_volume
 from sparsect.data.store import atomic_write_bytes, atomic_write_json
 from sparsect.errors import InputError
 
 SUMMARY = "summary.csv"
 FIELDS = ("input", "status", "seconds", "shape", "output", "reason")
-
-
-def _is_file_series(path: Path) -> bool:
-    return path.is_file() and (path.name.endswith(SCAN_SUFFIXES) or path.suffix == ".npy")
 
 
 def find_series(root: Path) -> list[Path]:
@@ -57,15 +50,10 @@ def find_series(root: Path) -> list[Path]:
     children = [c for c in sorted(root.iterdir()) if not c.name.startswith(".")]
     for child in children:
         if child.is_dir():
-            found += [child] if _holds_dicom(child) else find_series(child)
-        elif _is_file_series(child):
+            found += [child] if holds_dicom_files(child) else find_series(child)
+        elif is_file_input(child):
             found.append(child)
     return found
-
-
-def _holds_dicom(folder: Path) -> bool:
-    return any(is_dicom_file(p) for p in folder.iterdir()
-               if p.is_file() and not p.name.startswith("."))
 
 
 def is_archive(path: Path, series: str | None = None) -> bool:
@@ -74,7 +62,7 @@ def is_archive(path: Path, series: str | None = None) -> bool:
     DICOM series at some depth; with ``series`` (``--series``), any DICOM folder
     (:func:`~sparsect.data.inputs.is_volume`)."""
     path = Path(path)
-    if not path.is_dir() or _holds_dicom(path):
+    if not path.is_dir() or holds_dicom_files(path):
         return False
     if series is not None and is_volume(path):
         return False
@@ -193,8 +181,8 @@ def run_archive(root: Path, out: Path, setup: Callable[..., Any], setup_args: tu
     ``out/summary.csv``; returns its rows (none on the ranks other than 0).
 
     ``setup(*setup_args)`` builds a process's reconstructor once (a rank on a GPU passes
-    ``device=`` its own too); ``work(reconstructor,
-    item, output)`` writes one series atomically and returns its shape. Both must be
+    ``device=`` its own too); ``work(reconstructor, item, output)`` writes one series
+    atomically and returns its shape. Both must be
     module-level functions (the processes are spawned). ``configuration`` is the
     configuration's checksum (:func:`config_digest`). With ``devices``, Lightning's predict
     loop runs the series instead, under DDP on ``devices`` x ``num_nodes`` ranks of
@@ -346,7 +334,3 @@ def _predictor_class() -> type:
 def _identity(batch: Any) -> Any:
     return batch
 
-
-def threads_default(jobs: int) -> int:
-    """The cores shared evenly between ``jobs`` processes."""
-    return max(1, (os.cpu_count() or 1) // max(jobs, 1))

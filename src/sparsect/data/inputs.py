@@ -16,11 +16,16 @@ from sparsect.data.io import SCAN_SUFFIXES, is_dicom_input
 from sparsect.errors import InputError
 
 
-def _is_file_input(path: Path) -> bool:
+def is_file_input(path: Path) -> bool:
     """A scan or sinogram file (not a DICOM file, which belongs to its folder's series)."""
     return path.is_file() and (
         path.name.endswith(SCAN_SUFFIXES) or path.suffix == ".npy" or is_lodopab_file(path)
     )
+
+
+def holds_dicom_files(folder: Path) -> bool:
+    """Whether ``folder`` directly holds a DICOM file (hidden entries aside)."""
+    return any(is_dicom_file(p) for p in Path(folder).iterdir() if not p.name.startswith("."))
 
 
 def is_volume(path: Path) -> bool:
@@ -29,13 +34,13 @@ def is_volume(path: Path) -> bool:
     some depth)."""
     path = Path(path)
     if path.is_file():
-        return (_is_file_input(path) and path.suffix != ".npy") or is_dicom_file(path)
+        return (is_file_input(path) and path.suffix != ".npy") or is_dicom_file(path)
     if not path.is_dir():
         return False
     children = [p for p in path.iterdir() if not p.name.startswith(".")]
-    if any(is_dicom_file(p) for p in children):
+    if holds_dicom_files(path):
         return True
-    return not any(_is_file_input(p) for p in children) and is_dicom_input(path)
+    return not any(is_file_input(p) for p in children) and is_dicom_input(path)
 
 
 def list_inputs(path: Path) -> list[Path]:
@@ -52,7 +57,7 @@ def list_inputs(path: Path) -> list[Path]:
     inputs = sorted(
         p
         for p in path.iterdir()
-        if not p.name.startswith(".") and (_is_file_input(p) or (p.is_dir() and is_dicom_input(p)))
+        if not p.name.startswith(".") and (is_file_input(p) or (p.is_dir() and is_dicom_input(p)))
     )
     if not inputs:
         raise InputError(f"Folder '{path}' holds no CT volume or sinogram: add inputs.")

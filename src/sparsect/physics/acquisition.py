@@ -227,9 +227,10 @@ class Acquisition:
                     flight.append((start, pool.submit(_simulate_chunk, chunk)))
                 while flight and (start is None or len(flight) > 2 * workers):
                     first, future = flight.popleft()
-                    for i, (sinogram, image) in enumerate(future.result(), start=first):
+                    results = future.result()
+                    for i, (sinogram, image) in enumerate(results, start=first):
                         sinograms[i], fbp[i] = sinogram, image
-                    bar.update(len(future.result()))
+                    bar.update(len(results))
         return sinograms, fbp
 
     def fbp(self, sinograms: np.ndarray) -> np.ndarray:
