@@ -9,10 +9,10 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 # Exact versions of everything else (see its header); `make lock` rewrites it.
 LOCK ?= requirements/lock-linux-x86_64.txt
-# Extras resolved into the lock (comma-separated, as in pip: dev,slurm), and what
+# Extras resolved into the lock (comma-separated, as in pip: dev,slurm,docs), and what
 # the lock leaves out (torch and the CUDA libraries come with TORCH_SPEC; sparsect
 # is this checkout).
-LOCK_EXTRAS ?= dev,slurm
+LOCK_EXTRAS ?= dev,slurm,docs
 LOCK_EXCLUDE = ^(torch|triton|sparsect|nvidia[-_.][^=]*)==
 BIN = $(VENV)/bin
 , := ,

@@ -129,13 +129,13 @@ def torch_spec_version() -> Version:
 def test_locked_versions_satisfy_the_pyproject_ranges():
     pins = locked()
     pins[canonicalize_name("torch")] = torch_spec_version()
-    # the dependencies and the extras the Makefile's LOCK_EXTRAS resolves (dev, and slurm:
-    # its submitit launcher is tested) must be locked; another extra is checked where
-    # the lock has it
+    # the dependencies and the extras the Makefile's LOCK_EXTRAS resolves (dev; slurm: its
+    # submitit launcher is tested; docs: CI builds the site) must be locked; another extra
+    # is checked where the lock has it
     match = re.search(r"^LOCK_EXTRAS \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
     assert match, "Makefile: LOCK_EXTRAS ?= <extras> not found"
     locked_extras = set(match.group(1).split(","))
-    assert {"dev", "slurm"} <= locked_extras, locked_extras
+    assert {"dev", "slurm", "docs"} <= locked_extras, locked_extras
     extras = project()["optional-dependencies"]
     ranges = [(r, True) for r in project()["dependencies"]]
     ranges += [(r, extra in locked_extras) for extra, reqs in extras.items() for r in reqs]
