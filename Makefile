@@ -19,8 +19,15 @@ BIN = $(VENV)/bin
 space := $(subst ,, )
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test test-fast lint params clean ablation lock unrolled ellipses followup \
-	followup-endpoint fan
+.PHONY: setup run test test-fast lint docs params clean ablation lock unrolled ellipses \
+	followup followup-endpoint fan
+
+# The outputs of a pipeline stage (prepare, simulate@30, ...) as dvc.yaml names them:
+# stage paths live in dvc.yaml alone, and the experiments outside `dvc repro` below ask
+# for them (tests/test_docs.py fails on a stage path spelled in this file). Each answer
+# is kept for the rest of the run; a stage dvc.yaml lacks stops make.
+out = $(or $(_out_$(1)),$(eval _out_$(1) := $(shell $(BIN)/sparsect stage-out $(1)))$(or \
+	$(_out_$(1)),$(error dvc.yaml has no stage $(1) with outputs)))
 
 setup: $(VENV)/.installed
 
@@ -69,11 +76,16 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts docs
+	$(BIN)/ruff format --check src tests scripts docs
+
+# The documentation site (mkdocs.yml, docs/) into site/, strict as in CI: a broken link
+# or anchor, a page missing from the nav or a broken API reference fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The prior ablation at 30 and 60 views, three seeds, with the pre-stated endpoint
-# (conf/experiment/ablation.yaml; inputs from the pipeline; README gives its duration).
+# (conf/experiment/ablation.yaml; inputs from the pipeline; docs/evaluation/ablation.md gives its duration).
 # ABLATION_OVERRIDES, e.g. 'ablation.variants=[unet,sg_unet]' trains the endpoint's pair only.
 ABLATION_OVERRIDES ?=
 ablation: setup
@@ -82,44 +94,49 @@ ablation: setup
 	$(BIN)/sparsect params experiment=ablation $(ABLATION_OVERRIDES) \
 		--out artifacts/ablation/params.yaml
 	$(BIN)/sparsect ablation --params artifacts/ablation/params.yaml \
-		--prepared artifacts/prepared --sim artifacts/sim --masks artifacts/masks \
-		--cohort artifacts/cohort --segmenter artifacts/segmenter \
+		--prepared $(call out,prepare) --sim $(dir $(call out,simulate@30)) \
+		--masks $(call out,masks) --cohort $(call out,cohort) --segmenter $(call out,segmenter) \
 		--work artifacts/ablation --out reports/ablation.json
 
 # Follow-up imaging at 15, 30 and 60 views on the whole follow-up cohort (make run scores
 # its first followup.subjects at followup.views); the learned models where train@<views>
-# and followup_train@<views> made them (none at 15 views: FBP, TV, PICCS and the prior
-# only). README gives its time.
+# and followup_train@<views> made them (train@<views> is run where dvc.yaml has it; none
+# at 15 views: FBP, TV, PICCS and the prior only). docs/evaluation/followup.md gives its time.
 FOLLOWUP_VIEWS ?= 15 30 60
 followup: setup
 	$(BIN)/sparsect make-data --if-empty --out data
-	$(BIN)/dvc repro followup_cohort $(foreach v,$(FOLLOWUP_VIEWS),$(if $(filter $(v),30 60 120),train@$(v)))
+	$(BIN)/dvc repro followup_cohort
 	set -e; for v in $(FOLLOWUP_VIEWS); do \
-		models=""; if [ -f artifacts/models/$$v/summary.json ]; then models="--models artifacts/models/$$v"; fi; \
-		if [ -f artifacts/followup-models/$$v/summary.json ]; then \
-			models="$$models --prior-models artifacts/followup-models/$$v --segmenter artifacts/segmenter"; fi; \
-		$(BIN)/sparsect followup --views $$v --cohort artifacts/followup $$models --scans realct \
-			--out reports/followup-all/$$v followup.subjects=null; \
+		models=""; m=$$($(BIN)/sparsect stage-out --optional train@$$v); \
+		if [ -n "$$m" ]; then $(BIN)/dvc repro train@$$v; models="--models $$m"; fi; \
+		p=$$($(BIN)/sparsect stage-out --optional followup_train@$$v); \
+		if [ -n "$$p" ] && [ -f "$$p/summary.json" ]; then \
+			models="$$models --prior-models $$p --segmenter $(call out,segmenter)"; fi; \
+		$(BIN)/sparsect followup --views $$v --cohort $(call out,followup_cohort) $$models \
+			--scans realct --out reports/followup-all/$$v followup.subjects=null; \
 	done
 
-# The learned prior model's pre-stated endpoint (README, Follow-up; followup.endpoint):
+# The learned prior model's pre-stated endpoint (docs/evaluation/followup.md; followup.endpoint):
 # the model and its comparator at every seed, on the whole follow-up cohort at 30 views.
 followup-endpoint: setup
 	$(BIN)/sparsect make-data --if-empty --out data
 	$(BIN)/dvc repro followup_cohort segmenter train@30
-	$(BIN)/sparsect followup-endpoint --cohort artifacts/followup --segmenter artifacts/segmenter \
-		--prepared artifacts/prepared --sim artifacts/sim/30 --masks artifacts/masks \
-		--models artifacts/models/30 --work artifacts/followup-endpoint \
-		--out reports/followup-endpoint
+	$(BIN)/sparsect followup-endpoint --cohort $(call out,followup_cohort) \
+		--segmenter $(call out,segmenter) --prepared $(call out,prepare) \
+		--sim $(call out,simulate@30) --masks $(call out,masks) --models $(call out,train@30) \
+		--work artifacts/followup-endpoint --out reports/followup-endpoint
 
 # Recompose params.yaml after editing conf/ (a test checks they agree).
 params: setup
 	$(BIN)/sparsect params
 
+# Removes what the pipeline wrote that git ignores (the DVC-cached outputs under artifacts/
+# and reports/, the MLflow store, the registry's locks, the site); the committed results stay.
 clean:
-	rm -rf artifacts reports/views mlflow.db mlruns mlartifacts .sparsect-locks
+	rm -rf artifacts mlflow.db mlruns mlartifacts .sparsect-locks site
+	git clean -fdXq -- reports
 
-# The clinical fan beam at 60 views (conf/experiment/fan.yaml; README, "Fan beam", gives
+# The clinical fan beam at 60 views (conf/experiment/fan.yaml; docs/physics.md, "The clinical fan beam", gives
 # its time): simulate, tune the baselines, train unet and sg_unet, evaluate on the test
 # split, score the real scans and write reports/fan/. FAN_OVERRIDES, e.g. trainer=gpu.
 FAN_OVERRIDES ?=
@@ -130,27 +147,27 @@ fan: setup
 	$(BIN)/sparsect make-data --if-empty --out data
 	$(BIN)/dvc repro masks
 	$(BIN)/sparsect params experiment=fan $(FAN_OVERRIDES) --out $(F)/params.yaml
-	$(BIN)/sparsect simulate $(FARGS) --prepared artifacts/prepared --out $(F)/sim/60
-	$(BIN)/sparsect baselines --params $(F)/params.yaml --prepared artifacts/prepared \
+	$(BIN)/sparsect simulate $(FARGS) --prepared $(call out,prepare) --out $(F)/sim/60
+	$(BIN)/sparsect baselines --params $(F)/params.yaml --prepared $(call out,prepare) \
 		--sim $(F)/sim/60 --out $(F)/baselines/60
-	$(BIN)/sparsect train $(FARGS) --prepared artifacts/prepared --sim $(F)/sim/60 \
-		--masks artifacts/masks --out $(F)/models/60
-	$(BIN)/sparsect evaluate $(FARGS) --prepared artifacts/prepared --sim $(F)/sim/60 \
-		--masks artifacts/masks --models $(F)/models/60 --baselines $(F)/baselines/60 \
+	$(BIN)/sparsect train $(FARGS) --prepared $(call out,prepare) --sim $(F)/sim/60 \
+		--masks $(call out,masks) --out $(F)/models/60
+	$(BIN)/sparsect evaluate $(FARGS) --prepared $(call out,prepare) --sim $(F)/sim/60 \
+		--masks $(call out,masks) --models $(F)/models/60 --baselines $(F)/baselines/60 \
 		--out $(FR)/views/60
 	$(BIN)/sparsect external $(FARGS) --scans realct --models $(F)/models/60 \
 		--baselines $(F)/baselines/60 --out $(FR)/external/60
 	$(BIN)/sparsect report --params $(F)/params.yaml --evaluations $(FR)/views \
 		--external $(FR)/external --out $(FR)
 
-# dival's ellipses benchmark reproduced (conf/experiment/ellipses.yaml; README gives its
+# dival's ellipses benchmark reproduced (conf/experiment/ellipses.yaml; docs/evaluation/ellipses.md gives its
 # time and the published numbers beside ours).
 ellipses: setup
 	$(BIN)/sparsect params experiment=ellipses --out artifacts/ellipses/params.yaml
 	$(BIN)/sparsect ellipses --params artifacts/ellipses/params.yaml --out reports/ellipses
 
 # Learned Primal-Dual against the UNets at 60 views, equal epochs (conf/experiment/
-# unrolled.yaml; README gives its time): simulate, tune the baselines, train, evaluate,
+# unrolled.yaml; docs/methods.md gives its time): simulate, tune the baselines, train, evaluate,
 # real scans, report, register, and sg_lpd against lpd over training seeds 0 and
 # $(UNROLLED_SEEDS). `make unrolled UNROLLED_GEOMETRY=fan_clinical UNROLLED_SEEDS=` runs
 # it in the clinical fan beam, seed 0 only; UNROLLED_OVERRIDES=trainer=gpu trains on GPUs.
@@ -164,26 +181,26 @@ unrolled: setup
 	$(BIN)/dvc repro masks
 	$(BIN)/sparsect params experiment=unrolled geometry=$(UNROLLED_GEOMETRY) \
 		$(UNROLLED_OVERRIDES) --out $(U)/params.yaml
-	$(BIN)/sparsect simulate $(UARGS) --prepared artifacts/prepared --out $(U)/sim/60
-	$(BIN)/sparsect baselines --params $(U)/params.yaml --prepared artifacts/prepared \
+	$(BIN)/sparsect simulate $(UARGS) --prepared $(call out,prepare) --out $(U)/sim/60
+	$(BIN)/sparsect baselines --params $(U)/params.yaml --prepared $(call out,prepare) \
 		--sim $(U)/sim/60 --out $(U)/baselines/60
-	$(BIN)/sparsect train $(UARGS) --prepared artifacts/prepared --sim $(U)/sim/60 \
-		--masks artifacts/masks --out $(U)/models/60
-	$(BIN)/sparsect evaluate $(UARGS) --prepared artifacts/prepared --sim $(U)/sim/60 \
-		--masks artifacts/masks --models $(U)/models/60 --baselines $(U)/baselines/60 \
+	$(BIN)/sparsect train $(UARGS) --prepared $(call out,prepare) --sim $(U)/sim/60 \
+		--masks $(call out,masks) --out $(U)/models/60
+	$(BIN)/sparsect evaluate $(UARGS) --prepared $(call out,prepare) --sim $(U)/sim/60 \
+		--masks $(call out,masks) --models $(U)/models/60 --baselines $(U)/baselines/60 \
 		--out $(UR)/views/60
 	$(BIN)/sparsect external $(UARGS) --scans realct --models $(U)/models/60 \
 		--baselines $(U)/baselines/60 --out $(UR)/external/60
 	$(BIN)/sparsect report --params $(U)/params.yaml --evaluations $(UR)/views \
 		--external $(UR)/external --out $(UR)
-	$(BIN)/sparsect promote --params $(U)/params.yaml --prepared artifacts/prepared \
+	$(BIN)/sparsect promote --params $(U)/params.yaml --prepared $(call out,prepare) \
 		--models $(U)/models --evaluations $(UR)/views --out $(UR)/promotion.json
 	for seed in $(UNROLLED_SEEDS); do \
-		$(BIN)/sparsect train $(UARGS) --prepared artifacts/prepared --sim $(U)/sim/60 \
-			--masks artifacts/masks --out $(U)/seed$$seed/models/60 \
+		$(BIN)/sparsect train $(UARGS) --prepared $(call out,prepare) --sim $(U)/sim/60 \
+			--masks $(call out,masks) --out $(U)/seed$$seed/models/60 \
 			--models lpd,sg_lpd seed=$$seed || exit 1; \
-		$(BIN)/sparsect evaluate $(UARGS) --prepared artifacts/prepared --sim $(U)/sim/60 \
-			--masks artifacts/masks --models $(U)/seed$$seed/models/60 \
+		$(BIN)/sparsect evaluate $(UARGS) --prepared $(call out,prepare) --sim $(U)/sim/60 \
+			--masks $(call out,masks) --models $(U)/seed$$seed/models/60 \
 			--out $(U)/seed$$seed/evaluation || exit 1; \
 	done
 	$(if $(strip $(UNROLLED_SEEDS)),$(BIN)/sparsect seeds --models sg_lpd$(,)lpd \

@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "sparsect.stages": 7,
     "sparsect.benchmarks": 7,
     "sparsect.sweep": 7,
+    "sparsect.pipeline": 7,
     "sparsect.cli": 8,
 }
 """Module or package name -> layer (1 is the bottom)."""

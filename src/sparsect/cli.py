@@ -48,6 +48,21 @@ def _params(args: argparse.Namespace) -> object:
     return write_params(args.conf, args.out, args.overrides)
 
 
+def _stage_out(args: argparse.Namespace) -> object:
+    from sparsect.pipeline import stage_output, stage_outputs
+
+    if args.overrides:
+        raise InputError(f"sparsect stage-out takes stage names, not overrides "
+                         f"({' '.join(args.overrides)}): give stages such as prepare or "
+                         "train@30.")
+    outputs = stage_outputs()
+    paths = [path for stage in args.stages
+             if not (args.optional and stage not in outputs)
+             for path in stage_output(stage, outputs)]
+    print("\n".join(paths))
+    return paths
+
+
 def _make_data(args: argparse.Namespace) -> object:
     from sparsect.stages.make_data import make_data
 
@@ -272,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(commands, "params", _params, "compose conf/ into params.yaml")
     p.add_argument("--conf", type=Path, default=Path("conf"))
     p.add_argument("--out", type=Path, default=Path("params.yaml"))
+
+    p = _command(commands, "stage-out", _stage_out,
+                 "print the outputs of pipeline stages, as dvc.yaml names them")
+    p.add_argument("stages", nargs="+", help="stage addresses: prepare, simulate@30, ...")
+    p.add_argument("--optional", action="store_true",
+                   help="print nothing for a stage dvc.yaml does not have")
 
     _add_stage_commands(commands)
     _add_user_commands(commands)
