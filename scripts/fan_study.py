@@ -1,5 +1,5 @@
 """Learned methods against the classical ones on the validation split, per geometry and
-training setting: the study behind the fan-beam settings (README, "The clinical fan
+training setting: the study behind the fan-beam settings (docs/physics.md, "The clinical fan
 beam").
 
 Every run composes ``conf/`` with its overrides (as ``sparsect params`` does), simulates
@@ -10,7 +10,7 @@ split is never loaded. It prints, per run: each method's mean validation PSNR, t
 models' validation PSNR per epoch (their learning curves) and where in the image each
 method wins (RMSE in HU inside each full-dose tissue class).
 
-The README's table ("The clinical fan beam"):
+The table of docs/physics.md ("The clinical fan beam"):
 
     F=geometry=fan_clinical R=physics.input_parallel_views
     python scripts/fan_study.py --input --run par \\

@@ -94,7 +94,8 @@ class FollowupSpec:
         "new": 8, "grown": 1, "shrunk": 1, "resolved": 2, "stable": 1})
     """Kind -> lesions per subject (fewer where the hosts have no room)."""
     min_new_lesions: int = 140
-    """The cohort must hold at least this many new lesions (the sizing in the README)."""
+    """The cohort must hold at least this many new lesions (the sizing in
+    docs/evaluation/followup.md)."""
     diameter_mm: tuple[float, float] = (6.0, 20.0)
     changed_min_mm: float = 10.0
     change_factor: tuple[float, float] = (1.3, 1.8)

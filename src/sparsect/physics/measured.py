@@ -78,7 +78,7 @@ def line_integrals_from_counts(counts: np.ndarray, flat_field: float | np.ndarra
 
 
 # Every field of a geometry file: unit and meaning, the documentation of the format
-# (README, "Measured sinograms") and of every refusal.
+# (docs/data.md, "Measured sinograms") and of every refusal.
 SIDECAR_FIELDS: dict[str, str] = {
     "beam": '"parallel" or "fan"',
     "views": "projection angles in the file, equally spaced over angular_range_deg (count)",
@@ -129,7 +129,7 @@ def _sidecar(path: Path) -> tuple[dict, dict]:
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
         raise InputError(f"Sinogram '{path}' has no geometry file '{sidecar.name}' beside it: "
-                         "write its geometry there (fields: README, Measured sinograms).")
+                         "write its geometry there (fields: docs/data.md, Measured sinograms).")
     try:
         content = json.loads(sidecar.read_text())
     except (ValueError, UnicodeDecodeError) as error:

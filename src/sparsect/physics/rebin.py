@@ -19,7 +19,7 @@ sinc interpolation of its samples), and the upsampled row is read at the new pos
 a not-a-knot cubic spline; zero outside the measured bins. For nearly band-limited data
 (smooth-edged ellipses) the rebinned sinogram is within 0.03 % of the one measured on
 the new detector and its FBP within 0.9 HU body RMSE; sharp edges sampled without blur
-are aliased and differ by 1 % and 45 to 50 HU, as in any resampling (README, "Measured
+are aliased and differ by 1 % and 45 to 50 HU, as in any resampling (docs/data.md, "Measured
 sinograms").
 """
 

@@ -6,13 +6,13 @@ All variants train with the same budget (epochs, steps, data) at comparable para
 counts (the plain UNet is widened to the semantically-guided one's, see
 ``match_params``; the external-prior variants have no segmentation decoder).
 
-**Primary endpoint** (stated in the README before any run): at each view count of
-``ablation.views``, the paired difference predicted - none (``sg_unet`` - ``unet``) in
-mean-organ downstream Dice (the frozen segmenter on the cohort's lesion-absent
-volumes), per cohort subject and training seed; its mean with a CI from a bootstrap
-resampling subjects and seeds independently, and a bootstrap p-value; Holm's
-correction over the view counts, each CI at its Holm level. Everything else
-(PSNR, d', contrast recovery, structures) is secondary.
+**Primary endpoint** (stated in the README before any run; docs/evaluation/ablation.md
+now): at each view count of ``ablation.views``, the paired difference predicted - none
+(``sg_unet`` - ``unet``) in mean-organ downstream Dice (the frozen segmenter on the
+cohort's lesion-absent volumes), per cohort subject and training seed; its mean with
+a CI from a bootstrap resampling subjects and seeds independently, and a bootstrap
+p-value; Holm's correction over the view counts, each CI at its Holm level.
+Everything else (PSNR, d', contrast recovery, structures) is secondary.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The learned prior model's endpoint, as README (Follow-up) states it and
+"""The learned prior model's endpoint, as docs/evaluation/followup.md states it and
 ``followup.endpoint`` fixes it: committed before the model's first training.
 
 At ``endpoint.views`` on the whole follow-up test cohort, the model (``endpoint.model``,
