@@ -8,7 +8,7 @@ documentation cannot drift from what the pipeline produced.
 - ``>>>`` examples in docstrings (run as doctests) are shown as code, not prose, and
   Sphinx roles (``:func:`x```) as code spans (:class:`DoctestBlocks`, added to the
   Markdown of pages and docstrings alike);
-- ``<!-- summary.json -->`` in a page becomes :func:`summary_table` of
+- a line ``<!-- summary.json -->`` in a page becomes :func:`summary_table` of
   ``reports/summary.json``, the table the README's results summary must equal
   (``tests/test_docs.py``).
 """
@@ -141,7 +141,8 @@ def on_files(files, config):  # noqa: ANN001, ANN201 - MkDocs' hook signature
 
 
 def on_page_markdown(markdown, page, config, files):  # noqa: ANN001, ANN201, ARG001
-    if SUMMARY_MARK in markdown:
-        summary = json.loads((REPORTS / "summary.json").read_text())
-        markdown = markdown.replace(SUMMARY_MARK, summary_table(summary))
+    mark = re.compile(rf"^{re.escape(SUMMARY_MARK)}$", re.M)  # a line of its own
+    if mark.search(markdown):
+        table = summary_table(json.loads((REPORTS / "summary.json").read_text()))
+        markdown = mark.sub(lambda _: table, markdown)
     return markdown

@@ -181,3 +181,22 @@ def test_stage_out_prints_the_outputs_and_refuses_an_unknown_stage():
     done = subprocess.run([*sparsect, "--optional", "train@7", "train@30"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.split() == ["artifacts/models/30"]
+
+
+def test_the_summary_mark_is_filled_on_a_line_of_its_own_only():
+    page = "Write `<!-- summary.json -->` in a page:\n<!-- summary.json -->\nmore\n"
+    out = hooks().on_page_markdown(page, None, None, None)
+    first, rest = out.split("\n", 1)
+    assert first == "Write `<!-- summary.json -->` in a page:"
+    assert rest.startswith("| views | FBP | TV |") and rest.endswith("|\nmore\n")
+
+
+def test_docstring_examples_and_roles_render_as_code():
+    import markdown
+
+    text = ("See :func:`~sparsect.pipeline.stage_output`:\n\n"
+            ">>> stage_output('a', {'a': ['x']})\n['x']\n\nAfter.")
+    html = markdown.markdown(text, extensions=[hooks().DoctestBlocks(), "fenced_code"])
+    assert "<code>sparsect.pipeline.stage_output</code>" in html and ":func:" not in html
+    assert "<pre><code class=\"language-pycon\">&gt;&gt;&gt; stage_output" in html
+    assert "['x']\n</code></pre>" in html and "<p>After.</p>" in html
