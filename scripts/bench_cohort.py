@@ -8,21 +8,32 @@ subjects of ``--slices`` slices and ``--epochs`` epochs of ``unet``, then runs t
 stages as the pipeline does, each as its own ``sparsect`` command: make-data, prepare,
 masks, simulate, train. Every stage's wall time and the peak of its anonymous resident
 memory (``RssAnon`` of /proc/<pid>/status, summed over the command and its child
-processes, sampled every 50 ms) are printed as a table, then the growth of each peak
-from the first cohort to the last. File-backed pages (the memory-mapped arrays the
+processes, sampled every ``--interval`` seconds, 5 ms by default) are printed as a table,
+then the growth of each peak from the first cohort to the last.
+
+Training's peak is its activations (batches of whole 512 x 512 slices), which last a
+fraction of a second: one sampled run misses it by a varying amount (runs of the same
+command differed by about 6 % when sampled every 50 ms). ``--repeats N`` therefore trains
+each cohort N times, the cohorts interleaved so that drift in the machine's load falls on
+both alike, and prints the growth of the mean peak with its 95 % interval (Welch's t).
+``--reuse`` keeps the data stages' outputs of an earlier run in ``--work`` and measures
+training only. File-backed pages (the memory-mapped arrays the
 loaders read) are not anonymous: they are the page cache's, which the kernel drops
 under pressure, so RssAnon is what a cohort costs in memory that cannot be given back.
 
     PYTHONPATH=src python scripts/bench_cohort.py [--subjects 16 32] [--slices 6]
-        [--epochs 1] [--work DIR] [key=value ...]
+        [--epochs 1] [--repeats 1] [--interval 0.005] [--work DIR [--reuse]] [key=value ...]
 
-Lines ``rss_anon_growth_<stage>: <percent>`` give the growth per stage.
+Lines ``rss_anon_growth_<stage>: <percent>`` give the growth per stage, and with
+``--repeats`` above 1, ``rss_anon_growth_train_mean: <percent> [<low>, <high>]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +62,7 @@ def _rss_anon_kib(pid: int) -> int:
     return total
 
 
-def run(command: list[str]) -> tuple[float, float]:
+def run(command: list[str], interval: float) -> tuple[float, float]:
     """Runs ``command``; returns (seconds, peak RssAnon in MiB)."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -61,7 +72,7 @@ def run(command: list[str]) -> tuple[float, float]:
     def sample() -> None:
         while process.poll() is None:
             peak[0] = max(peak[0], _rss_anon_kib(process.pid))
-            time.sleep(0.05)
+            time.sleep(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -72,7 +83,8 @@ def run(command: list[str]) -> tuple[float, float]:
     return time.perf_counter() - start, peak[0] / 1024
 
 
-def cohort(work: Path, subjects: int, args: argparse.Namespace) -> dict[str, tuple]:
+def cohort(work: Path, subjects: int, args: argparse.Namespace) -> dict[str, list[str]]:
+    """Composes the cohort's parameters in ``work``; returns each stage's command."""
     work.mkdir(parents=True, exist_ok=True)
     params = work / "params.yaml"
     overrides = ["experiment=clinical", f"data.phantom.subjects={subjects}",
@@ -82,7 +94,7 @@ def cohort(work: Path, subjects: int, args: argparse.Namespace) -> dict[str, tup
     subprocess.run([SPARSECT, "params", *overrides, "--out", str(params)], check=True,
                    stdout=subprocess.DEVNULL)
     p = ["--params", str(params)]
-    stages = {
+    return {
         "make-data": [SPARSECT, "make-data", *p, "--out", str(work / "data")],
         "prepare": [SPARSECT, "prepare", *p, "--data", str(work / "data"), "--out",
                     str(work / "prepared")],
@@ -94,8 +106,21 @@ def cohort(work: Path, subjects: int, args: argparse.Namespace) -> dict[str, tup
                   "--sim", str(work / "sim"), "--masks", str(work / "masks"), "--out",
                   str(work / "models"), "--models", "unet"],
     }
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the cohort's own store
-    return {name: run(command) for name, command in stages.items()}
+
+
+def interval95(first: list[float], last: list[float]) -> tuple[float, float, float]:
+    """Growth of the mean of ``last`` over the mean of ``first``, in percent, with a 95 %
+    interval from Welch's t on the difference of the means (scaled by the first mean)."""
+    from scipy import stats
+
+    m1, m2 = sum(first) / len(first), sum(last) / len(last)
+    v1 = sum((x - m1) ** 2 for x in first) / (len(first) - 1)
+    v2 = sum((x - m2) ** 2 for x in last) / (len(last) - 1)
+    se2 = v1 / len(first) + v2 / len(last)
+    dof = se2 ** 2 / ((v1 / len(first)) ** 2 / (len(first) - 1)
+                      + (v2 / len(last)) ** 2 / (len(last) - 1)) if se2 else 1.0
+    half = float(stats.t.ppf(0.975, dof)) * math.sqrt(se2)
+    return tuple(100 * x / m1 for x in (m2 - m1, m2 - m1 - half, m2 - m1 + half))
 
 
 def main() -> None:
@@ -103,24 +128,46 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--slices", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--interval", type=float, default=0.005)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--reuse", action="store_true")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.reuse and args.work is None:
+        parser.error("--reuse needs --work, the folder of an earlier run")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # each cohort's own store
     with tempfile.TemporaryDirectory() as tmp:
         base = args.work or Path(tmp)
-        results = {n: cohort(base / f"subjects{n}", n, args) for n in args.subjects}
+        commands = {n: cohort(base / f"subjects{n}", n, args) for n in args.subjects}
+        results: dict[int, dict[str, list[tuple[float, float]]]] = {
+            n: {} for n in args.subjects}
+        for n in args.subjects:
+            for stage, command in commands[n].items():
+                if stage != "train" and not args.reuse:
+                    results[n][stage] = [run(command, args.interval)]
+        for _ in range(args.repeats):  # interleaved: 16, 32, 16, 32, ...
+            for n in args.subjects:
+                shutil.rmtree(base / f"subjects{n}" / "models", ignore_errors=True)
+                results[n].setdefault("train", []).append(
+                    run(commands[n]["train"], args.interval))
     print(f"experiment=clinical, {args.slices} slices a subject, {args.epochs} epoch(s) of "
-          f"unet, {os.cpu_count()} cores")
+          f"unet, {os.cpu_count()} cores, sampled every {1000 * args.interval:g} ms")
     print(f"{'stage':<10}" + "".join(f"{f'{n} subj. s':>14}{f'{n} RssAnon MiB':>18}"
                                      for n in args.subjects))
-    for stage in results[args.subjects[0]]:
-        cells = (f"{results[n][stage][0]:>14.1f}{results[n][stage][1]:>18.0f}"
-                 for n in args.subjects)
-        print(f"{stage:<10}" + "".join(cells))
     first, last = args.subjects[0], args.subjects[-1]
+    for stage, runs in results[first].items():
+        for i in range(len(runs)):
+            cells = (f"{results[n][stage][i][0]:>14.1f}{results[n][stage][i][1]:>18.0f}"
+                     for n in args.subjects)
+            print(f"{stage:<10}" + "".join(cells))
     for stage in results[first]:
-        growth = 100 * (results[last][stage][1] / results[first][stage][1] - 1)
+        growth = 100 * (results[last][stage][0][1] / results[first][stage][0][1] - 1)
         print(f"rss_anon_growth_{stage}: {growth:+.1f} %")
+    if args.repeats > 1:
+        growth, low, high = interval95([r[1] for r in results[first]["train"]],
+                                       [r[1] for r in results[last]["train"]])
+        print(f"rss_anon_growth_train_mean: {growth:+.1f} % [{low:+.1f}, {high:+.1f}]")
 
 
 if __name__ == "__main__":
