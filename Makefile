@@ -85,7 +85,8 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The prior ablation at 30 and 60 views, three seeds, with the pre-stated endpoint
-# (conf/experiment/ablation.yaml; inputs from the pipeline; docs/evaluation/ablation.md gives its duration).
+# (conf/experiment/ablation.yaml; inputs from the pipeline; docs/evaluation/ablation.md
+# gives its duration).
 # ABLATION_OVERRIDES, e.g. 'ablation.variants=[unet,sg_unet]' trains the endpoint's pair only.
 ABLATION_OVERRIDES ?=
 ablation: setup
@@ -116,7 +117,8 @@ followup: setup
 			--scans realct --out reports/followup-all/$$v followup.subjects=null; \
 	done
 
-# The learned prior model's pre-stated endpoint (docs/evaluation/followup.md; followup.endpoint):
+# The learned prior model's pre-stated endpoint (docs/evaluation/followup.md;
+# followup.endpoint):
 # the model and its comparator at every seed, on the whole follow-up cohort at 30 views.
 followup-endpoint: setup
 	$(BIN)/sparsect make-data --if-empty --out data
@@ -136,9 +138,10 @@ clean:
 	rm -rf artifacts mlflow.db mlruns mlartifacts .sparsect-locks site
 	git clean -fdXq -- reports
 
-# The clinical fan beam at 60 views (conf/experiment/fan.yaml; docs/physics.md, "The clinical fan beam", gives
-# its time): simulate, tune the baselines, train unet and sg_unet, evaluate on the test
-# split, score the real scans and write reports/fan/. FAN_OVERRIDES, e.g. trainer=gpu.
+# The clinical fan beam at 60 views (conf/experiment/fan.yaml; docs/physics.md, "The
+# clinical fan beam", gives its time): simulate, tune the baselines, train unet and
+# sg_unet, evaluate on the test split, score the real scans and write reports/fan/.
+# FAN_OVERRIDES, e.g. trainer=gpu.
 FAN_OVERRIDES ?=
 F = artifacts/fan
 FR = reports/fan
@@ -160,15 +163,15 @@ fan: setup
 	$(BIN)/sparsect report --params $(F)/params.yaml --evaluations $(FR)/views \
 		--external $(FR)/external --out $(FR)
 
-# dival's ellipses benchmark reproduced (conf/experiment/ellipses.yaml; docs/evaluation/ellipses.md gives its
-# time and the published numbers beside ours).
+# dival's ellipses benchmark reproduced (conf/experiment/ellipses.yaml;
+# docs/evaluation/ellipses.md gives its time and the published numbers beside ours).
 ellipses: setup
 	$(BIN)/sparsect params experiment=ellipses --out artifacts/ellipses/params.yaml
 	$(BIN)/sparsect ellipses --params artifacts/ellipses/params.yaml --out reports/ellipses
 
 # Learned Primal-Dual against the UNets at 60 views, equal epochs (conf/experiment/
-# unrolled.yaml; docs/methods.md gives its time): simulate, tune the baselines, train, evaluate,
-# real scans, report, register, and sg_lpd against lpd over training seeds 0 and
+# unrolled.yaml; docs/methods.md gives its time): simulate, tune the baselines, train,
+# evaluate, real scans, report, register, and sg_lpd against lpd over training seeds 0 and
 # $(UNROLLED_SEEDS). `make unrolled UNROLLED_GEOMETRY=fan_clinical UNROLLED_SEEDS=` runs
 # it in the clinical fan beam, seed 0 only; UNROLLED_OVERRIDES=trainer=gpu trains on GPUs.
 UNROLLED_GEOMETRY ?= parallel

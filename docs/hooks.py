@@ -111,15 +111,14 @@ def _plot(csv_path: Path, ylabel: str) -> bytes:
     return buffer.getvalue()
 
 
-def _committed(pattern: str) -> list[str]:
-    """The files git tracks that match ``pattern`` (all of them outside a checkout)."""
+def _committed_figures() -> list[str]:
+    """The PNGs under reports/ that git tracks (all of them outside a checkout)."""
     import subprocess
 
-    done = subprocess.run(["git", "ls-files", "--", pattern], cwd=ROOT, capture_output=True,
-                          text=True)
+    done = subprocess.run(["git", "ls-files", "--", "reports/*.png"], cwd=ROOT,
+                          capture_output=True, text=True)
     if done.returncode:
-        return sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob(pattern.replace(
-            "*", "**/*", 1)))
+        return sorted(p.relative_to(ROOT).as_posix() for p in REPORTS.rglob("*.png"))
     return sorted(done.stdout.split())
 
 
@@ -135,7 +134,7 @@ def on_files(files, config):  # noqa: ANN001, ANN201 - MkDocs' hook signature
     for name, label in (("psnr", "test PSNR (dB)"), ("ssim", "test SSIM")):
         files.append(File.generated(config, f"figures/{name}.png",
                                     content=_plot(REPORTS / "plots" / f"{name}.csv", label)))
-    for path in _committed("reports/*.png"):
+    for path in _committed_figures():
         files.append(File.generated(config, path, abs_src_path=str(ROOT / path)))
     return files
 

@@ -31,7 +31,6 @@ Lines ``rss_anon_growth_<stage>: <percent>`` give the growth per stage, and with
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import subprocess
@@ -114,13 +113,9 @@ def interval95(first: list[float], last: list[float]) -> tuple[float, float, flo
     from scipy import stats
 
     m1, m2 = sum(first) / len(first), sum(last) / len(last)
-    v1 = sum((x - m1) ** 2 for x in first) / (len(first) - 1)
-    v2 = sum((x - m2) ** 2 for x in last) / (len(last) - 1)
-    se2 = v1 / len(first) + v2 / len(last)
-    dof = se2 ** 2 / ((v1 / len(first)) ** 2 / (len(first) - 1)
-                      + (v2 / len(last)) ** 2 / (len(last) - 1)) if se2 else 1.0
-    half = float(stats.t.ppf(0.975, dof)) * math.sqrt(se2)
-    return tuple(100 * x / m1 for x in (m2 - m1, m2 - m1 - half, m2 - m1 + half))
+    # the interval scipy gives is for mean(last) - mean(first), Welch's unequal variances
+    low, high = stats.ttest_ind(last, first, equal_var=False).confidence_interval(0.95)
+    return tuple(100 * float(x) / m1 for x in (m2 - m1, low, high))
 
 
 def main() -> None:
