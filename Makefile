@@ -65,8 +65,11 @@ lock:
 	mv "$$tmp/lock.txt" $(LOCK); \
 	echo "$(LOCK): $$(grep -c -v '^#' $(LOCK)) packages pinned; now: make setup && make test"
 
+# `sparsect recover` repairs the DVC state a hard kill of an earlier run can leave (a
+# no-op otherwise), so that rerunning `make run` is always how a killed run resumes
 run: setup
 	$(BIN)/sparsect make-data --if-empty --out data
+	$(BIN)/sparsect recover
 	$(BIN)/dvc repro
 
 test: setup

@@ -63,6 +63,17 @@ def _stage_out(args: argparse.Namespace) -> object:
     return paths
 
 
+def _recover(args: argparse.Namespace) -> object:
+    from sparsect.pipeline import recover
+
+    if args.overrides:
+        raise InputError(f"sparsect recover takes no overrides ({' '.join(args.overrides)}): "
+                         "run it as it is, from the project root.")
+    done = recover()
+    print("\n".join(done) if done else "DVC's state is intact: nothing to recover")
+    return done
+
+
 def _make_data(args: argparse.Namespace) -> object:
     from sparsect.stages.make_data import make_data
 
@@ -293,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stages", nargs="+", help="stage addresses: prepare, simulate@30, ...")
     p.add_argument("--optional", action="store_true",
                    help="print nothing for a stage dvc.yaml does not have")
+
+    _command(commands, "recover", _recover,
+             "repair the DVC state a hard kill of dvc repro can leave, then rerun it")
 
     _add_stage_commands(commands)
     _add_user_commands(commands)

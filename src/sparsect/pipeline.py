@@ -6,10 +6,15 @@ beam, Learned Primal-Dual) ask for a stage's output instead of spelling its path
 moving an output is an edit of ``dvc.yaml`` alone: ``sparsect stage-out simulate@30``
 prints ``artifacts/sim/30``. Stages are addressed as DVC addresses them
 (``prepare``, ``train@60``: a ``foreach`` stage with its item).
+
+It also repairs what a hard kill of a DVC command can leave in DVC's own state
+(:func:`recover`, ``sparsect recover``), so that a killed ``dvc repro`` is rerun, not
+debugged.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sparsect.errors import InputError
@@ -18,13 +23,18 @@ from sparsect.errors import InputError
 def stage_outputs(root: Path | str = ".") -> dict[str, list[str]]:
     """Every stage of the DVC project at or above ``root``, by address, with the paths
     of its outputs (outs, metrics and plots) relative to the project root."""
+    with _repo(root) as repo:
+        return {stage.addressing: [out.def_path for out in stage.outs]
+                for stage in repo.index.stages if stage.addressing != "data.dvc"}
+
+
+def _repo(root: Path | str):
+    """The DVC project at or above ``root``, or one sentence saying there is none."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
-        with Repo(str(root)) as repo:
-            return {stage.addressing: [out.def_path for out in stage.outs]
-                    for stage in repo.index.stages if stage.addressing != "data.dvc"}
+        return Repo(str(root))
     except DvcException as error:
         raise InputError(f"No DVC pipeline found from '{root}' ({error}): run from the "
                          "sparsect project root, where dvc.yaml is.") from None
@@ -45,3 +55,47 @@ give one of them, or add the stage (or its view count to sweep.views) first.
                          f"{', '.join(outputs)}): give one of them, or add the stage (or its "
                          "view count to sweep.views) first.")
     return outputs[stage]
+
+
+def recover(root: Path | str = ".") -> list[str]:
+    """Repair the DVC state a hard kill of a DVC command can leave; return what was done.
+
+    DVC records the paths its running commands read and write in ``.dvc/tmp/rwlock``
+    and rewrites that JSON file in place (truncate, then write). A ``SIGKILL``, an
+    out-of-memory kill or a lost node between the two leaves it empty, and from then on
+    every ``dvc repro`` and ``dvc status`` stops with "Unable to read RWLock-file ...
+    JSON structure is corrupted" (DVC issue 7615) until the file is removed by hand.
+    A cut write is never valid JSON (the closing brace comes last); a readable file,
+    stale entries included, is DVC's own to clear (it drops those of dead processes).
+
+    The unreadable file is removed only while holding DVC's repository lock, which
+    every ``dvc repro``/``dvc status`` in this workspace holds while it runs, and the
+    lock DVC takes to edit the file, so no running command's entries are lost and
+    no write is cut (a ``dvc exp run``, which releases the repository lock while its
+    stages run, would stop at its next edit of the unreadable table anyway). ``make run``
+    calls it before ``dvc repro``; it is a no-op on an intact project.
+    """
+    from dvc.lock import LockError, make_lock
+    from dvc.rwlock import RWLOCK_FILE, RWLOCK_LOCK
+
+    with _repo(root) as repo:
+        tmp = Path(repo.tmp_dir)
+        table = tmp / RWLOCK_FILE
+        guard = make_lock(str(tmp / RWLOCK_LOCK), tmp_dir=str(tmp),
+                          hardlink_lock=repo.config["core"].get("hardlink_lock", False))
+        try:
+            with repo.lock, guard:
+                try:
+                    json.loads(table.read_text(encoding="utf-8"))
+                    return []
+                except FileNotFoundError:
+                    return []
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    size = table.stat().st_size
+                    table.unlink()
+        except LockError:
+            raise InputError(f"Another DVC command is running in {repo.root_dir} (it holds "
+                             f"{tmp / 'lock'}): let it end or stop it, then rerun "
+                             "sparsect recover.") from None
+    return [f"removed {table.relative_to(repo.root_dir)}, DVC's table of running commands, "
+            f"which a killed DVC command left unreadable ({size} bytes)"]
