@@ -3,9 +3,12 @@ uninterrupted run ends.
 
 The reference is the ``tiny_repo`` fixture (one uninterrupted `dvc repro`). A second,
 identical project is killed (SIGKILL to the whole process group, so no cleanup code
-runs) at a random point of `simulate@12` and of `train@12`; `dvc repro` then has to
-produce the same sinograms and FBPs bit for bit, the same network weights (training
-resumes from its last epoch and is deterministic), and the same metrics.
+runs) at a random point of `simulate@12` and of `train@12`; `sparsect recover` and
+`dvc repro` (what `make run` runs) then have to produce the same sinograms and FBPs bit
+for bit, the same network weights (training resumes from its last epoch and is
+deterministic), and the same metrics. ``recover`` is needed when the kill cuts DVC's own
+write of ``.dvc/tmp/rwlock`` (``tests/test_recover.py``), which a random kill
+sometimes does.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ def dvc_repro(repo: Path, stage: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def kill(process: subprocess.Popen) -> None:
+def kill(process: subprocess.Popen, repo: Path) -> None:
+    """SIGKILL ``process`` and its children, then repair DVC's state as a user would."""
     assert process.poll() is None, \
         f"the stage finished before the kill: nothing was tested (SPARSECT_KILL_SEED={SEED})"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    print(sh("sparsect", "recover", cwd=repo, env=tool_env(repo)))
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -73,7 +78,7 @@ def test_killed_simulate_reruns_to_identical_outputs(tiny_repo, killed_repo):
     delay = rng.uniform(0.2, 0.8) * duration
     process = dvc_repro(killed_repo, "simulate@12")
     time.sleep(delay)
-    kill(process)
+    kill(process, killed_repo)
     sim = killed_repo / "artifacts" / "sim"
     assert not (sim / "12").exists(), \
         f"half-written output (SPARSECT_KILL_SEED={SEED}, kill at {delay:.2f} s)"
@@ -100,7 +105,7 @@ def test_killed_training_resumes_under_dvc_to_the_uninterrupted_weights(tiny_rep
         assert process.poll() is None, "training ended before writing last.ckpt"
         time.sleep(0.02)
     time.sleep(random.Random(SEED).uniform(0.0, 0.1))  # somewhere in the second epoch
-    kill(process)
+    kill(process, killed_repo)
     models = killed_repo / "artifacts" / "models"
     assert not (models / "12").exists(), f"half-written output (SPARSECT_KILL_SEED={SEED})"
 
