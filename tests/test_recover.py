@@ -1,10 +1,10 @@
 """`sparsect recover`: the DVC state a hard kill leaves is repaired, and only that.
 
-DVC rewrites ``.dvc/tmp/rwlock`` in place; a kill between the truncation and the write
-leaves it empty, and DVC then refuses every `dvc status` and `dvc repro` until the file
-is removed. These tests build that state in a real DVC project and check that DVC
-refuses it, that ``recover`` repairs it, that a readable table is left alone, and that
-nothing is touched while another DVC command runs.
+DVC rewrites ``.dvc/tmp/rwlock`` and ``dvc.lock`` in place; a kill between the
+truncation and the write leaves them cut, and DVC then refuses every `dvc status` and
+`dvc repro`. These tests build those states in a real DVC project and check that DVC
+refuses them, that ``recover`` repairs them, that readable files are left alone, and
+that nothing is touched while another DVC command runs.
 """
 
 from __future__ import annotations
@@ -83,6 +83,47 @@ def test_nothing_is_touched_while_another_dvc_command_runs(project):
     assert "Another DVC command is running" in message and "rerun sparsect recover" in message
     assert len(message.splitlines()) == 1
     assert table.exists() and table.read_text() == ""
+
+
+def commit(project: Path) -> None:
+    sh("git", "add", "dvc.yaml", "dvc.lock", ".gitignore", cwd=project)
+    sh("git", "-c", "user.name=sparsect", "-c", "user.email=sparsect@localhost", "commit",
+       "-q", "-m", "hello", cwd=project)
+
+
+def cut_lockfile(project: Path) -> str:
+    """dvc.lock cut inside a key, as a kill during DVC's rewrite leaves it."""
+    lockfile = project / "dvc.lock"
+    text = lockfile.read_text()
+    cut = text[:text.index("md5:") + 2]
+    lockfile.write_text(cut)
+    return text
+
+
+def test_a_cut_dvc_lock_is_put_back_from_git(project):
+    commit(project)
+    whole = cut_lockfile(project)
+    refused = dvc_status(project)
+    assert refused.returncode != 0 and "dvc.lock" in refused.stderr, refused.stdout
+
+    done = recover(project)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("restored dvc.lock from git's last commit")
+    assert (project / "dvc.lock").read_text() == whole
+    assert [p.name for p in project.iterdir() if ".tmp-" in p.name] == []
+    status = dvc_status(project)
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stderr
+    assert "nothing to recover" in recover(project).stdout
+
+
+def test_a_cut_dvc_lock_git_never_saw_is_left_to_the_user(project):
+    cut_lockfile(project)
+    cut = (project / "dvc.lock").read_text()
+    done = recover(project)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "git has no committed copy" in done.stderr and "remove it" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert (project / "dvc.lock").read_text() == cut
 
 
 def test_outside_a_dvc_project_recover_says_where_to_run(tmp_path):

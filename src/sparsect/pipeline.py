@@ -15,6 +15,8 @@ debugged.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 from sparsect.errors import InputError
@@ -72,30 +74,65 @@ def recover(root: Path | str = ".") -> list[str]:
     every ``dvc repro``/``dvc status`` in this workspace holds while it runs, and the
     lock DVC takes to edit the file, so no running command's entries are lost and
     no write is cut (a ``dvc exp run``, which releases the repository lock while its
-    stages run, would stop at its next edit of the unreadable table anyway). ``make run``
-    calls it before ``dvc repro``; it is a no-op on an intact project.
+    stages run, would stop at its next edit of the unreadable table anyway). A
+    ``dvc.lock`` cut the same way is put back from git when DVC cannot read it.
+    ``make run`` calls it before ``dvc repro``; it is a no-op on an intact project.
     """
     from dvc.lock import LockError, make_lock
-    from dvc.rwlock import RWLOCK_FILE, RWLOCK_LOCK
+    from dvc.rwlock import RWLOCK_LOCK
 
     with _repo(root) as repo:
         tmp = Path(repo.tmp_dir)
-        table = tmp / RWLOCK_FILE
         guard = make_lock(str(tmp / RWLOCK_LOCK), tmp_dir=str(tmp),
                           hardlink_lock=repo.config["core"].get("hardlink_lock", False))
         try:
             with repo.lock, guard:
-                try:
-                    json.loads(table.read_text(encoding="utf-8"))
-                    return []
-                except FileNotFoundError:
-                    return []
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    size = table.stat().st_size
-                    table.unlink()
+                return _remove_cut_rwlock(repo) + _restore_cut_lockfile(repo)
         except LockError:
             raise InputError(f"Another DVC command is running in {repo.root_dir} (it holds "
                              f"{tmp / 'lock'}): let it end or stop it, then rerun "
                              "sparsect recover.") from None
+
+
+def _remove_cut_rwlock(repo) -> list[str]:  # noqa: ANN001 - dvc.repo.Repo, imported lazily
+    from dvc.rwlock import RWLOCK_FILE
+
+    table = Path(repo.tmp_dir) / RWLOCK_FILE
+    try:
+        json.loads(table.read_text(encoding="utf-8"))
+        return []
+    except FileNotFoundError:
+        return []
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        size = table.stat().st_size
+        table.unlink()
     return [f"removed {table.relative_to(repo.root_dir)}, DVC's table of running commands, "
             f"which a killed DVC command left unreadable ({size} bytes)"]
+
+
+def _restore_cut_lockfile(repo) -> list[str]:  # noqa: ANN001 - dvc.repo.Repo, imported lazily
+    """``dvc.lock`` is rewritten in place too, once per finished stage. Most cuts leave
+    a readable prefix (the stages after the cut only rerun); one DVC refuses is put back
+    from git's last commit, so the stages recorded since then rerun."""
+    from dvc.dvcfile import LOCK_FILE, Lockfile
+    from dvc.exceptions import DvcException
+
+    path = Path(repo.root_dir) / LOCK_FILE
+    try:
+        Lockfile(repo, str(path)).load()
+        return []
+    except DvcException as error:
+        reason = str(error).splitlines()[0]
+    try:
+        committed = subprocess.run(["git", "show", f"HEAD:./{LOCK_FILE}"], cwd=repo.root_dir,
+                                   capture_output=True, check=False)
+    except OSError:  # no git on this machine
+        committed = None
+    if committed is None or committed.returncode != 0:
+        raise InputError(f"{path} is unreadable (DVC: {reason}) and git has no committed "
+                         "copy to put back: remove it, and dvc repro reruns every stage.")
+    part = path.with_name(f".{LOCK_FILE}.tmp-{os.getpid()}")
+    part.write_bytes(committed.stdout)
+    os.replace(part, path)
+    return [f"restored {LOCK_FILE} from git's last commit: a killed DVC command left it "
+            f"unreadable (DVC: {reason}); the stages recorded since that commit rerun"]
