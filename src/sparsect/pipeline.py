@@ -15,10 +15,10 @@ debugged.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
+from sparsect.data.store import atomic_write_bytes
 from sparsect.errors import InputError
 
 
@@ -131,8 +131,6 @@ def _restore_cut_lockfile(repo) -> list[str]:  # noqa: ANN001 - dvc.repo.Repo, i
     if committed is None or committed.returncode != 0:
         raise InputError(f"{path} is unreadable (DVC: {reason}) and git has no committed "
                          "copy to put back: remove it, and dvc repro reruns every stage.")
-    part = path.with_name(f".{LOCK_FILE}.tmp-{os.getpid()}")
-    part.write_bytes(committed.stdout)
-    os.replace(part, path)
+    atomic_write_bytes(path, committed.stdout)
     return [f"restored {LOCK_FILE} from git's last commit: a killed DVC command left it "
             f"unreadable (DVC: {reason}); the stages recorded since that commit rerun"]
